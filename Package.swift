@@ -1,0 +1,26 @@
+// swift-tools-version: 6.0
+// ngrok-- in Swift: a reverse tunnel built in four stages.
+// Each stage is a library (what the stage teaches) plus thin executables (`swift run <name>`),
+// and each library builds on the previous stage's. There are no package dependencies:
+// everything here builds offline with the Swift toolchain alone.
+import PackageDescription
+
+let package = Package(
+    name: "ngrok-minus-minus",
+    // Mutex and Atomic (the Synchronization module) need macOS 15.
+    platforms: [.macOS(.v15)],
+    targets: [
+        // Stage 0: TCP sockets over POSIX, and the pipe that joins two connections.
+        .target(name: "Stage0Pipe", path: "stage_0/Sources/Stage0Pipe"),
+        .executableTarget(
+            name: "stage0-forwarder", dependencies: ["Stage0Pipe"],
+            path: "stage_0/Sources/stage0-forwarder"),
+        .testTarget(
+            name: "Stage0Tests", dependencies: ["Stage0Pipe", "TestSupport"],
+            path: "Tests/Stage0Tests"),
+
+        // Helpers shared by every stage's tests: tiny servers and waiting with a deadline.
+        .target(name: "TestSupport", dependencies: ["Stage0Pipe"], path: "Tests/TestSupport"),
+    ],
+    swiftLanguageModes: [.v6]
+)

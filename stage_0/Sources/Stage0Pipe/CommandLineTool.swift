@@ -1,0 +1,116 @@
+// The plumbing every executable in this repository shares: parse flags, print `--help`,
+// report a bad argument in one line with exit code 2, and write one log line per event.
+// Written once here so each stage's `main.swift` shows only what that stage runs.
+
+/// Bad command-line input. Printed as one line; the process exits with status 2.
+public struct UsageError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The command line, consumed flag by flag: whatever is left at the end is an error.
+public struct Arguments {
+    private var words: [String]
+
+    public init(_ words: [String]) { self.words = words }
+
+    /// The value of `--name value` or `--name=value`, or nil when the flag is absent.
+    public mutating func value(_ name: String) throws -> String? {
+        guard let index = words.firstIndex(where: { $0 == name || $0.hasPrefix(name + "=") }) else { return nil }
+        let word = words.remove(at: index)
+        if word.count > name.count { return String(word.dropFirst(name.count + 1)) }
+        guard index < words.count, !words[index].hasPrefix("--") else { throw UsageError("\(name) needs a value") }
+        return words.remove(at: index)
+    }
+
+    /// True when the switch `--name` is present.
+    public mutating func flag(_ name: String) -> Bool {
+        guard let index = words.firstIndex(of: name) else { return false }
+        words.remove(at: index)
+        return true
+    }
+
+    /// `--name host:port`.
+    public mutating func endpoint(_ name: String, default fallback: Endpoint) throws -> Endpoint {
+        guard let text = try value(name) else { return fallback }
+        return try parseEndpoint(text, what: name)
+    }
+
+    /// `--name 500ms` or `--name 5s` (a whole or decimal number with a unit).
+    public mutating func duration(_ name: String, default fallback: Duration) throws -> Duration {
+        guard let text = try value(name) else { return fallback }
+        let (number, scale): (Substring, Double) =
+            text.hasSuffix("ms") ? (text.dropLast(2), 0.001) : text.hasSuffix("s") ? (text.dropLast(), 1) : ("", 0)
+        guard let value = Double(number), value > 0, value < 86_400 else {
+            throw UsageError("\(name) expects a duration like 500ms or 5s, got \"\(text)\"")
+        }
+        return .milliseconds(Int64((value * scale * 1000).rounded()))
+    }
+
+    /// The remaining words, which must not include any unknown `--flag`.
+    public mutating func positionals() throws -> [String] {
+        if let unknown = words.first(where: { $0.hasPrefix("-") }) {
+            throw UsageError("unknown flag \(unknown)")
+        }
+        defer { words = [] }
+        return words
+    }
+}
+
+/// Parses `host:port`, or throws a usage error that says what was expected.
+public func parseEndpoint(_ text: String, what: String) throws -> Endpoint {
+    guard let endpoint = Endpoint(text) else {
+        throw UsageError("\(what) expects host:port, like 127.0.0.1:8000, got \"\(text)\"")
+    }
+    return endpoint
+}
+
+/// One executable: its name, its help text, and its log.
+public struct Tool: Sendable {
+    public let name: String
+    public let usage: String
+
+    public init(name: String, usage: String) {
+        self.name = name
+        self.usage = usage
+    }
+
+    /// Parses the process's arguments with `body`. `--help` prints the usage and exits 0;
+    /// a `UsageError` prints one line and exits 2.
+    public func parse<Options>(_ body: (inout Arguments) throws -> Options) -> Options {
+        var arguments = Arguments(Array(CommandLine.arguments.dropFirst()))
+        if arguments.flag("--help") || arguments.flag("-h") {
+            writeLine(usage, to: 1)
+            exit(0)
+        }
+        do {
+            return try body(&arguments)
+        } catch {
+            writeLine("\(name): \(error) (see \(name) --help)", to: 2)
+            exit(2)
+        }
+    }
+
+    /// Writes one log line to standard error, prefixed with the tool's name.
+    public func log(_ line: String) {
+        writeLine("\(name): \(line)", to: 2)
+    }
+
+    /// Logs `message` and exits with status 1: the arguments were fine, the run failed.
+    public func fail(_ message: String) -> Never {
+        log(message)
+        exit(1)
+    }
+}
+
+/// Writes `line` and a newline with a single `write(2)`, so lines from different threads
+/// never interleave. (Swift 6 rejects `fputs(..., stderr)`: `stderr` is a shared mutable global.)
+func writeLine(_ line: String, to fd: Int32) {
+    let bytes = Array((line + "\n").utf8)
+    var written = 0
+    while written < bytes.count {
+        let result = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + written, $0.count - written) }
+        if result <= 0 && errno != EINTR { return }
+        written += max(result, 0)
+    }
+}

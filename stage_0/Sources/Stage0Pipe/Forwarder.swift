@@ -1,0 +1,87 @@
+// Stage 0: a local forwarder. It listens on one port and joins every connection it accepts
+// to a fixed target address. No tunnel yet: this is step 5 of the diagram (join) on its own,
+// the piece every later stage builds on.
+
+/// What the forwarder does, one case per log line.
+public enum ForwarderEvent: Sendable, CustomStringConvertible {
+    /// Accepting connections on `listening`, joining each to `target`.
+    case started(listening: Endpoint, target: Endpoint)
+    /// Connection `id` from `client` is joined to `target`.
+    case opened(id: Int, client: Endpoint, target: Endpoint)
+    /// The target could not be reached, so the client's connection was closed.
+    case targetUnreachable(id: Int, client: Endpoint, error: String)
+    /// Both directions ended and both sockets are closed.
+    case closed(id: Int, client: Endpoint, sent: Int, received: Int, error: String?)
+    /// `accept` failed (out of file descriptors, for example); the forwarder keeps going.
+    case acceptFailed(String)
+
+    public var description: String {
+        switch self {
+        case let .started(listening, target):
+            "listening on \(listening), forwarding each connection to \(target)"
+        case let .opened(id, client, target):
+            "#\(id) opened: \(client) → \(target)"
+        case let .targetUnreachable(id, client, error):
+            "#\(id) closed \(client): cannot reach the target: \(error) — is it running?"
+        case let .closed(id, client, sent, received, error):
+            "#\(id) closed \(client): sent \(sent) bytes, received \(received) bytes"
+                + (error.map { " (ended by \($0))" } ?? "")
+        case let .acceptFailed(error):
+            "accept failed: \(error); still listening"
+        }
+    }
+}
+
+/// Joins every accepted connection to `target`.
+public struct Forwarder: Sendable {
+    public let target: Endpoint
+    public let events: @Sendable (ForwarderEvent) -> Void
+
+    public init(target: Endpoint, events: @escaping @Sendable (ForwarderEvent) -> Void) {
+        self.target = target
+        self.events = events
+    }
+
+    /// Accepts on `listener` until `stop` is signalled. Each connection gets its own thread,
+    /// which dials the target and joins the two; the accept loop never waits on any of them.
+    /// Connections already joined keep going after `stop`, until their peers finish.
+    public func run(_ listener: Listener, stop: StopSignal) {
+        events(.started(listening: listener.endpoint, target: target))
+        var nextID = 1
+        while !stop.isStopped {
+            let client: Connection
+            do {
+                guard let accepted = try listener.accept(unless: stop) else { return }
+                client = accepted
+            } catch {
+                events(.acceptFailed("\(error)"))
+                pauseAfterAcceptFailure()
+                continue
+            }
+            let id = nextID
+            nextID += 1
+            startThread("forward #\(id)") { [self] in forward(client, id: id) }
+        }
+    }
+
+    private func forward(_ client: Connection, id: Int) {
+        let upstream: Connection
+        do {
+            upstream = try Connection.connect(to: target)
+        } catch {
+            client.close()
+            events(.targetUnreachable(id: id, client: client.peer, error: "\(error)"))
+            return
+        }
+        events(.opened(id: id, client: client.peer, target: target))
+        let result = join(client, upstream)
+        events(.closed(id: id, client: client.peer, sent: result.forward, received: result.backward,
+                       error: result.error.map { "\($0)" }))
+    }
+}
+
+/// After a failed `accept` (EMFILE: out of descriptors) the pending connection is still
+/// there, so retrying at once would spin the CPU; wait a moment for descriptors to free up.
+public func pauseAfterAcceptFailure() {
+    usleep(100_000)
+}

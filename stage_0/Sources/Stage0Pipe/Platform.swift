@@ -1,0 +1,49 @@
+// The one place where Linux (Glibc) and macOS (Darwin) differ.
+// Every other file calls these names and never writes `#if os(...)` itself,
+// so a learner reads the differences side by side, here and only here.
+
+#if canImport(Glibc)
+    @_exported import Glibc
+
+    /// `SOCK_STREAM`: Glibc imports it as an enum, Darwin as an Int32.
+    let streamSocketType = Int32(SOCK_STREAM.rawValue)
+    /// `SHUT_WR` / `SHUT_RDWR` for `shutdown(2)`: enums on Glibc.
+    let shutWrite = Int32(SHUT_WR)
+    let shutBoth = Int32(SHUT_RDWR)
+    /// `POLLIN` for `poll(2)`: an Int32 on Glibc, as on Darwin.
+    let pollIn = Int16(POLLIN)
+    /// Linux: ask `send(2)` not to raise SIGPIPE when the peer has gone (MSG_NOSIGNAL).
+    let sendFlags = Int32(MSG_NOSIGNAL)
+    /// Linux needs no per-socket setting: `sendFlags` covers SIGPIPE.
+    func disableSigPipe(_ fd: Int32) {}
+    /// `close(2)`; named here because types with a `close()` method hide the C function.
+    func systemClose(_ fd: Int32) -> Int32 { Glibc.close(fd) }
+    /// `connect(2)`; named here for the same reason as `close`.
+    func systemConnect(_ fd: Int32, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) -> Int32 {
+        Glibc.connect(fd, address, length)
+    }
+    /// `accept(2)`; named here for the same reason as `close`.
+    func systemAccept(_ fd: Int32) -> Int32 { Glibc.accept(fd, nil, nil) }
+    /// The directory that lists this process's open file descriptors.
+    public let openDescriptorsDirectory = "/proc/self/fd"
+#elseif canImport(Darwin)
+    @_exported import Darwin
+
+    let streamSocketType = SOCK_STREAM
+    let shutWrite = SHUT_WR
+    let shutBoth = SHUT_RDWR
+    let pollIn = Int16(POLLIN)
+    /// macOS has no MSG_NOSIGNAL: SO_NOSIGPIPE on each socket does the same job.
+    let sendFlags: Int32 = 0
+    func disableSigPipe(_ fd: Int32) {
+        var on: Int32 = 1
+        _ = setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &on, socklen_t(MemoryLayout<Int32>.size))
+    }
+    func systemClose(_ fd: Int32) -> Int32 { Darwin.close(fd) }
+    func systemConnect(_ fd: Int32, _ address: UnsafePointer<sockaddr>, _ length: socklen_t) -> Int32 {
+        Darwin.connect(fd, address, length)
+    }
+    /// `accept(2)`; named here for the same reason as `close`.
+    func systemAccept(_ fd: Int32) -> Int32 { Darwin.accept(fd, nil, nil) }
+    public let openDescriptorsDirectory = "/dev/fd"
+#endif

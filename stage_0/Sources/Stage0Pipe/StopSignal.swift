@@ -1,0 +1,54 @@
+// How a server is told to stop accepting: tests stop a server at the end of each test,
+// and the executables stop theirs on Ctrl-C.
+// A thread blocked in `accept(2)` cannot be woken portably (closing the descriptor under
+// it is a race; `shutdown(2)` on a listener wakes it on Linux but not on macOS), so the
+// accept loop waits in `poll(2)` on its listener *and* on this pipe, and `stop()` writes
+// a byte to the pipe.
+
+import Dispatch
+import Synchronization
+
+/// A one-way switch from "running" to "stopped" that a blocked `poll(2)` can wait on.
+public final class StopSignal: Sendable {
+    /// Readable once `stop()` has been called (the byte is never read, so it stays readable).
+    let readFD: Int32
+    private let writeFD: Int32
+    private let stopped = Atomic<Bool>(false)
+
+    public init() {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { fatalError("pipe: \(errnoName(errno)): out of file descriptors at start-up") }
+        (readFD, writeFD) = (fds[0], fds[1])
+    }
+
+    /// Stops everything waiting on this signal. Calling it again does nothing.
+    public func stop() {
+        if stopped.exchange(true, ordering: .acquiringAndReleasing) { return }
+        var byte: UInt8 = 1
+        _ = write(writeFD, &byte, 1)
+    }
+
+    public var isStopped: Bool { stopped.load(ordering: .acquiring) }
+
+    /// Stops on Ctrl-C (SIGINT) or `kill` (SIGTERM), calling `then` once on a dispatch queue.
+    /// The signals are handled by a DispatchSource rather than a C signal handler, because
+    /// almost nothing is safe to do inside a C signal handler.
+    public func stopOnInterrupt(then: @escaping @Sendable () -> Void = {}) {
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number)
+            // The handler holds on to its own source, so the source lives as long as the process.
+            source.setEventHandler { [self] in
+                _ = source
+                stop()
+                then()
+            }
+            source.resume()
+        }
+    }
+
+    deinit {
+        _ = systemClose(readFD)
+        _ = systemClose(writeFD)
+    }
+}
