@@ -1,0 +1,49 @@
+// Small servers for tests, each on a kernel-chosen port (port 0), so tests run in parallel
+// without colliding, and each stopped at the end of its test.
+
+import Stage0Pipe
+
+/// Loopback, port 0: "any free port", read back from `Listener.endpoint`.
+public let anyLoopbackPort = Endpoint(host: "127.0.0.1", port: 0)
+
+/// A server running on a background thread. `stop()` ends its accept loop and waits for it.
+public final class RunningServer: Sendable {
+    public let endpoint: Endpoint
+    private let stopSignal: StopSignal
+    private let thread: BackgroundThread<Void>
+
+    /// Binds a listener on a free loopback port and runs `serve` with it on a new thread.
+    public init(_ name: String, _ serve: @escaping @Sendable (Listener, StopSignal) -> Void) throws {
+        let listener = try Listener(on: anyLoopbackPort)
+        let stopSignal = StopSignal()
+        self.endpoint = listener.endpoint
+        self.stopSignal = stopSignal
+        self.thread = BackgroundThread(name) { serve(listener, stopSignal) }
+    }
+
+    /// A server that gives every connection its own thread running `handle`.
+    public convenience init(handling handle: @escaping @Sendable (Connection) -> Void) throws {
+        try self.init("test server") { listener, stop in
+            while let connection = try? listener.accept(unless: stop) {
+                startThread("test connection") { handle(connection) }
+            }
+        }
+    }
+
+    public func stop() {
+        stopSignal.stop()
+        thread.value()
+    }
+}
+
+/// An echo server: writes back everything it reads, then finishes when the client does.
+public func echoServer() throws -> RunningServer {
+    try RunningServer { connection in
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 1)
+        defer { buffer.deallocate(); connection.close() }
+        while let count = try? connection.read(into: buffer), count > 0 {
+            guard (try? connection.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))) != nil else { return }
+        }
+        connection.shutdownWrite()
+    }
+}

@@ -1,0 +1,95 @@
+// Tests wait for real signals (an event, a byte, the end of a stream) with a deadline, never
+// for a fixed time: a sleep is either too short on a busy machine or wastes time on an idle one.
+
+import Foundation
+import Stage0Pipe
+
+/// How long any single wait in a test may take before the test fails instead of hanging.
+public let testDeadline: Duration = .seconds(10)
+
+/// Collects a server's events, and lets a test wait until they satisfy a condition.
+/// (`NSCondition` is a lock with a condition variable: waiters sleep until `broadcast()`.)
+public final class EventRecorder<Event: Sendable>: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var recorded: [Event] = []  // guarded by `condition`
+
+    public init() {}
+
+    /// Pass this to a server as its event handler.
+    public var handler: @Sendable (Event) -> Void {
+        { [self] event in
+            condition.lock()
+            recorded.append(event)
+            condition.broadcast()
+            condition.unlock()
+        }
+    }
+
+    public var events: [Event] {
+        condition.lock()
+        defer { condition.unlock() }
+        return recorded
+    }
+
+    /// Waits until `isDone(events)` is true; returns false if the deadline passes first.
+    @discardableResult
+    public func wait(timeout: Duration = testDeadline, until isDone: ([Event]) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(Double(timeout.components.seconds))
+        condition.lock()
+        defer { condition.unlock() }
+        while !isDone(recorded) {
+            if !condition.wait(until: deadline) { return isDone(recorded) }
+        }
+        return true
+    }
+
+    /// Waits until at least `count` events match `predicate`.
+    @discardableResult
+    public func wait(for count: Int = 1, timeout: Duration = testDeadline, _ predicate: @escaping (Event) -> Bool)
+        -> Bool
+    {
+        wait(timeout: timeout) { $0.filter(predicate).count >= count }
+    }
+}
+
+extension Connection {
+    /// Reads exactly `count` bytes, or fewer if the stream ends first. Fails at the deadline.
+    public func read(exactly count: Int, timeout: Duration = testDeadline) throws -> [UInt8] {
+        let deadline = ContinuousClock.now + timeout
+        var bytes = [UInt8](repeating: 0, count: count)
+        var filled = 0
+        while filled < count {
+            let got = try bytes.withUnsafeMutableBytes {
+                try read(into: UnsafeMutableRawBufferPointer(rebasing: $0[filled...]), deadline: deadline)
+            }
+            if got == 0 { break }
+            filled += got
+        }
+        return Array(bytes[..<filled])
+    }
+
+    /// Reads until the peer finishes sending. Fails at the deadline.
+    public func readToEnd(timeout: Duration = testDeadline) throws -> [UInt8] {
+        let deadline = ContinuousClock.now + timeout
+        var all: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let got = try chunk.withUnsafeMutableBytes { try read(into: $0, deadline: deadline) }
+            if got == 0 { return all }
+            all += chunk[..<got]
+        }
+    }
+
+    /// Reads one `\n`-terminated line byte by byte (tests only: slow, but never reads past it).
+    public func readLineForTest(timeout: Duration = testDeadline) throws -> String? {
+        let deadline = ContinuousClock.now + timeout
+        var line: [UInt8] = []
+        var byte: [UInt8] = [0]
+        while true {
+            let got = try byte.withUnsafeMutableBytes { try read(into: $0, deadline: deadline) }
+            if got == 0 { return line.isEmpty ? nil : String(decoding: line, as: UTF8.self) }
+            if byte[0] == UInt8(ascii: "\n") { return String(decoding: line, as: UTF8.self) }
+            line.append(byte[0])
+        }
+    }
+}
