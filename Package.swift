@@ -19,6 +19,15 @@ let package = Package(
             name: "Stage0Tests", dependencies: ["Stage0Pipe", "TestSupport"],
             path: "Tests/Stage0Tests"),
 
+        // Stage 1: the control connection (step 1): lines, ping/pong, heartbeats.
+        .target(name: "Stage1Control", dependencies: ["Stage0Pipe"], path: "stage_1/Sources/Stage1Control"),
+        .executableTarget(
+            name: "stage1-server", dependencies: ["Stage1Control"], path: "stage_1/Sources/stage1-server"),
+        .executableTarget(
+            name: "stage1-client", dependencies: ["Stage1Control"], path: "stage_1/Sources/stage1-client"),
+        .testTarget(
+            name: "Stage1Tests", dependencies: ["Stage1Control", "TestSupport"], path: "Tests/Stage1Tests"),
+
         // Helpers shared by every stage's tests: tiny servers and waiting with a deadline.
         .target(name: "TestSupport", dependencies: ["Stage0Pipe"], path: "Tests/TestSupport"),
     ],

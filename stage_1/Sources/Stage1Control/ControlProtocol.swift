@@ -1,0 +1,73 @@
+// The control protocol of stage 1 (step 1 of the diagram): text, one command per line, so
+// you can speak it yourself with `nc`. Byte for byte the same as ngrok--'s stage 1:
+// the client sends `ping\n`, the server answers `pong\n`.
+//
+// One enum per direction, one case per command. Stage 2 adds cases; the wire format stays.
+
+import Stage0Pipe
+
+/// A line the client sends on the control connection.
+public enum ClientMessage: Equatable, Sendable {
+    /// `ping`: "I'm still here." The server answers `pong`.
+    case ping
+
+    public init(line: [UInt8]) throws(ProtocolError) {
+        let words = try ProtocolError.words(of: line)
+        switch (words.first, words.count) {
+        case ("ping", 1): self = .ping
+        default: throw .unknownCommand(words.joined(separator: " "))
+        }
+    }
+
+    /// The line on the wire, `\n` included.
+    public var encoded: String {
+        switch self {
+        case .ping: "ping\n"
+        }
+    }
+}
+
+/// A line the server sends on the control connection.
+public enum ServerMessage: Equatable, Sendable {
+    /// `pong`: the answer to `ping`.
+    case pong
+    /// `error <reason>`: the last line was not understood. The connection stays open.
+    case error(String)
+
+    public init(line: [UInt8]) throws(ProtocolError) {
+        let words = try ProtocolError.words(of: line)
+        switch (words.first, words.count) {
+        case ("pong", 1): self = .pong
+        case ("error", _): self = .error(words.dropFirst().joined(separator: " "))
+        default: throw .unknownCommand(words.joined(separator: " "))
+        }
+    }
+
+    public var encoded: String {
+        switch self {
+        case .pong: "pong\n"
+        case .error(let reason): "error \(reason)\n"
+        }
+    }
+}
+
+/// A line that is not a command this side understands.
+public enum ProtocolError: Error, Equatable, CustomStringConvertible {
+    /// The bytes are not valid UTF-8 text.
+    case notText
+    /// Text, but not a command we know (or the wrong number of words for it).
+    case unknownCommand(String)
+
+    public var description: String {
+        switch self {
+        case .notText: "the line is not UTF-8 text"
+        case .unknownCommand(let line): "unknown command \"\(line.prefix(80))\""
+        }
+    }
+
+    /// Splits a line into words separated by spaces, after checking that it is UTF-8 text.
+    public static func words(of line: [UInt8]) throws(ProtocolError) -> [String] {
+        guard let text = String(validating: line, as: UTF8.self) else { throw .notText }
+        return text.split(separator: " ").map(String.init)
+    }
+}

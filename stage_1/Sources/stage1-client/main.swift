@@ -1,0 +1,48 @@
+// stage1-client: opens a control connection to the server and keeps it alive with `ping`.
+// The work is in the Stage1Control library (ControlClient.swift).
+
+import Stage0Pipe
+import Stage1Control
+
+let tool = Tool(
+    name: "stage1-client",
+    usage: """
+        usage: stage1-client [--server host:port] [--interval duration] [--timeout duration]
+
+        Step 1 of the tunnel: dials out to the server's control port and sends `ping`
+        every interval. Exits 0 when the server closes the connection, 1 when the server
+        cannot be reached or stops answering.
+
+          --server host:port   the server's control port (default 127.0.0.1:60623)
+          --interval duration  time between pings (default 5s; e.g. 500ms)
+          --timeout duration   give up after this much silence from the server (default 15s)
+          -h, --help           show this help
+        """)
+
+let (server, heartbeat) = tool.parse { arguments in
+    let server = try arguments.endpoint("--server", default: Endpoint(host: "127.0.0.1", port: 60623))
+    let heartbeat = Heartbeat(
+        interval: try arguments.duration("--interval", default: Heartbeat.standard.interval),
+        timeout: try arguments.duration("--timeout", default: Heartbeat.standard.timeout))
+    guard try arguments.positionals().isEmpty else { throw UsageError("stage1-client takes no addresses; use --server") }
+    return (server, heartbeat)
+}
+
+StopSignal().stopOnInterrupt {
+    tool.log("stopping")
+    exit(0)
+}
+let client = ControlClient(heartbeat: heartbeat) { tool.log($0.description) }
+do {
+    let connection = try Connection.connect(to: server)
+    switch try client.run(connection) {
+    case .serverClosed:
+        tool.log("[1] the server closed the control connection; exiting")
+    case .serverSilent(let timeout):
+        tool.fail("[1] no answer from the server for \(timeout); it may be down or unreachable. Exiting")
+    }
+} catch let error as SocketError where error.code == ECONNREFUSED {
+    tool.fail("\(error) — is the server running?")
+} catch {
+    tool.fail("\(error)")
+}
