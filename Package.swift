@@ -28,6 +28,15 @@ let package = Package(
         .testTarget(
             name: "Stage1Tests", dependencies: ["Stage1Control", "TestSupport"], path: "Tests/Stage1Tests"),
 
+        // Stage 2: public and proxy connections (steps 2-4), matched by id; an echoing client.
+        .target(name: "Stage2Proxy", dependencies: ["Stage1Control"], path: "stage_2/Sources/Stage2Proxy"),
+        .executableTarget(
+            name: "stage2-server", dependencies: ["Stage2Proxy"], path: "stage_2/Sources/stage2-server"),
+        .executableTarget(
+            name: "stage2-client", dependencies: ["Stage2Proxy"], path: "stage_2/Sources/stage2-client"),
+        .testTarget(
+            name: "Stage2Tests", dependencies: ["Stage2Proxy", "TestSupport"], path: "Tests/Stage2Tests"),
+
         // Helpers shared by every stage's tests: tiny servers and waiting with a deadline.
         .target(name: "TestSupport", dependencies: ["Stage0Pipe"], path: "Tests/TestSupport"),
     ],

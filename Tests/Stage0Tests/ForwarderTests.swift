@@ -44,7 +44,7 @@ struct ForwarderTests {
         client.close()
 
         #expect(forwarder.waitForClosed(1))
-        guard case let .closed(_, _, sent, received, error) = forwarder.events.events.last else {
+        guard case let .closed(_, sent, received, error) = forwarder.events.events.last else {
             Issue.record("no closed event")
             return
         }
@@ -171,7 +171,7 @@ struct ForwarderTests {
         defer { client.close() }
         #expect(try client.readToEnd().isEmpty)
         #expect(forwarder.events.wait(for: 1) {
-            if case let .targetUnreachable(_, _, error) = $0 { error.contains("ECONNREFUSED") } else { false }
+            if case let .targetUnreachable(_, error) = $0 { error.contains("ECONNREFUSED") } else { false }
         })
     }
 }

@@ -23,11 +23,7 @@ public final class RunningServer: Sendable {
 
     /// A server that gives every connection its own thread running `handle`.
     public convenience init(handling handle: @escaping @Sendable (Connection) -> Void) throws {
-        try self.init("test server") { listener, stop in
-            while let connection = try? listener.accept(unless: stop) {
-                startThread("test connection") { handle(connection) }
-            }
-        }
+        try self.init("test server") { listener, stop in listener.acceptEach(unless: stop, handle) }
     }
 
     public func stop() {

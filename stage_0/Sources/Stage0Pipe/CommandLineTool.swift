@@ -36,6 +36,13 @@ public struct Arguments {
         return try parseEndpoint(text, what: name)
     }
 
+    /// `--name 8080`: a TCP port number (0 asks the kernel for any free port).
+    public mutating func port(_ name: String, default fallback: UInt16) throws -> UInt16 {
+        guard let text = try value(name) else { return fallback }
+        guard let port = UInt16(text) else { throw UsageError("\(name) expects a port number (0-65535), got \"\(text)\"") }
+        return port
+    }
+
     /// `--name 500ms` or `--name 5s` (a whole or decimal number with a unit).
     public mutating func duration(_ name: String, default fallback: Duration) throws -> Duration {
         guard let text = try value(name) else { return fallback }

@@ -6,12 +6,12 @@
 public enum ForwarderEvent: Sendable, CustomStringConvertible {
     /// Accepting connections on `listening`, joining each to `target`.
     case started(listening: Endpoint, target: Endpoint)
-    /// Connection `id` from `client` is joined to `target`.
-    case opened(id: Int, client: Endpoint, target: Endpoint)
+    /// The connection from `client` is joined to `target`.
+    case opened(client: Endpoint, target: Endpoint)
     /// The target could not be reached, so the client's connection was closed.
-    case targetUnreachable(id: Int, client: Endpoint, error: String)
+    case targetUnreachable(client: Endpoint, error: String)
     /// Both directions ended and both sockets are closed.
-    case closed(id: Int, client: Endpoint, sent: Int, received: Int, error: String?)
+    case closed(client: Endpoint, sent: Int, received: Int, error: String?)
     /// `accept` failed (out of file descriptors, for example); the forwarder keeps going.
     case acceptFailed(String)
 
@@ -19,12 +19,12 @@ public enum ForwarderEvent: Sendable, CustomStringConvertible {
         switch self {
         case let .started(listening, target):
             "listening on \(listening), forwarding each connection to \(target)"
-        case let .opened(id, client, target):
-            "#\(id) opened: \(client) → \(target)"
-        case let .targetUnreachable(id, client, error):
-            "#\(id) closed \(client): cannot reach the target: \(error) — is it running?"
-        case let .closed(id, client, sent, received, error):
-            "#\(id) closed \(client): sent \(sent) bytes, received \(received) bytes"
+        case let .opened(client, target):
+            "opened: \(client) → \(target)"
+        case let .targetUnreachable(client, error):
+            "closed \(client): cannot reach the target: \(error) — is it running?"
+        case let .closed(client, sent, received, error):
+            "closed \(client): sent \(sent) bytes, received \(received) bytes"
                 + (error.map { " (ended by \($0))" } ?? "")
         case let .acceptFailed(error):
             "accept failed: \(error); still listening"
@@ -47,41 +47,23 @@ public struct Forwarder: Sendable {
     /// Connections already joined keep going after `stop`, until their peers finish.
     public func run(_ listener: Listener, stop: StopSignal) {
         events(.started(listening: listener.endpoint, target: target))
-        var nextID = 1
-        while !stop.isStopped {
-            let client: Connection
-            do {
-                guard let accepted = try listener.accept(unless: stop) else { return }
-                client = accepted
-            } catch {
-                events(.acceptFailed("\(error)"))
-                pauseAfterAcceptFailure()
-                continue
-            }
-            let id = nextID
-            nextID += 1
-            startThread("forward #\(id)") { [self] in forward(client, id: id) }
+        listener.acceptEach(unless: stop, onError: { events(.acceptFailed("\($0)")) }) { client in
+            forward(client)
         }
     }
 
-    private func forward(_ client: Connection, id: Int) {
+    private func forward(_ client: Connection) {
         let upstream: Connection
         do {
             upstream = try Connection.connect(to: target)
         } catch {
             client.close()
-            events(.targetUnreachable(id: id, client: client.peer, error: "\(error)"))
+            events(.targetUnreachable(client: client.peer, error: "\(error)"))
             return
         }
-        events(.opened(id: id, client: client.peer, target: target))
+        events(.opened(client: client.peer, target: target))
         let result = join(client, upstream)
-        events(.closed(id: id, client: client.peer, sent: result.forward, received: result.backward,
+        events(.closed(client: client.peer, sent: result.forward, received: result.backward,
                        error: result.error.map { "\($0)" }))
     }
-}
-
-/// After a failed `accept` (EMFILE: out of descriptors) the pending connection is still
-/// there, so retrying at once would spin the CPU; wait a moment for descriptors to free up.
-public func pauseAfterAcceptFailure() {
-    usleep(100_000)
 }

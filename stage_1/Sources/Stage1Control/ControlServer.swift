@@ -40,14 +40,7 @@ public struct ControlServer: Sendable {
     /// Accepts on `listener` until `stop`; serves each control connection on its own thread.
     public func run(_ listener: Listener, stop: StopSignal) {
         events(.listening(listener.endpoint))
-        while !stop.isStopped {
-            do {
-                guard let connection = try listener.accept(unless: stop) else { return }
-                startThread("control \(connection.peer)") { serve(connection) }
-            } catch {
-                pauseAfterAcceptFailure()
-            }
-        }
+        listener.acceptEach(unless: stop) { serve($0) }
     }
 
     /// Reads lines until the client leaves, goes silent, or sends a line over the limit.
