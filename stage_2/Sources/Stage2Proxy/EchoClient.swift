@@ -1,0 +1,98 @@
+// Stage 2's client, on the private machine: steps 1, 3 and 4 of the diagram. It registers
+// over its control connection and keeps it alive (stage 1's heartbeat loop); for every
+// `create_proxy <id>` it opens a proxy connection, names the user with `proxy <id>`, and
+// echoes back whatever the user sends. Stage 3 replaces the echo with the local app.
+
+import Stage0Pipe
+import Stage1Control
+
+/// The server closed the control connection with `closing <reason>`; retrying would not help.
+public struct ClosedByServer: Error, CustomStringConvertible {
+    public let reason: String
+    public var description: String { "the server closed the control connection: \(reason)" }
+}
+
+/// What the echo client does, one case per log line.
+public enum EchoClientEvent: Sendable, CustomStringConvertible {
+    case connected(server: Endpoint, local: Endpoint)
+    case registered(server: Endpoint)
+    case proxyRequested(id: ProxyID)
+    case proxyOpened(id: ProxyID, local: Endpoint)
+    case proxyFailed(id: ProxyID, error: String)
+    case proxyFinished(id: ProxyID, echoed: Int)
+    case serverError(String)
+
+    public var description: String {
+        switch self {
+        case let .connected(server, local): "[1] control connection open to server \(server) (from \(local))"
+        case .registered(let server): "[1] registered with server \(server): waiting for users"
+        case .proxyRequested(let id): "[3] the server asked for a proxy connection (id \(id.short))"
+        case let .proxyOpened(id, local): "[4] proxy connection open from \(local) (id \(id.short)); echoing"
+        case let .proxyFailed(id, error): "[4] proxy connection (id \(id.short)) failed: \(error)"
+        case let .proxyFinished(id, echoed): "[5] proxy connection (id \(id.short)) finished: echoed \(echoed) bytes"
+        case .serverError(let reason): "[1] the server answered with an error: \(reason)"
+        }
+    }
+}
+
+/// Registers with the server and echoes every user back to itself.
+public struct EchoClient: Sendable {
+    /// The server's proxy port (60625).
+    public let proxyServer: Endpoint
+    public let heartbeat: Heartbeat
+    public let events: @Sendable (EchoClientEvent) -> Void
+
+    public init(proxyServer: Endpoint, heartbeat: Heartbeat = .standard,
+                events: @escaping @Sendable (EchoClientEvent) -> Void) {
+        self.proxyServer = proxyServer
+        self.heartbeat = heartbeat
+        self.events = events
+    }
+
+    /// Registers over `control` and serves `create_proxy` requests until the control connection
+    /// ends; then closes it. Throws `ClosedByServer` when the server says `closing`.
+    public func run(_ control: Connection) throws -> ControlEnding {
+        defer { control.close() }
+        events(.connected(server: control.peer, local: control.local))
+        try control.write(ClientMessage.register.encoded)
+        return try runClientHeartbeat(LineReader(control), heartbeat: heartbeat) { line in
+            switch try ServerMessage(line: line) {
+            case .pong: break
+            case .registered: events(.registered(server: control.peer))
+            case .createProxy(let id):
+                events(.proxyRequested(id: id))
+                startThread("proxy \(id.short)") { serveProxy(id) }
+            case .error(let reason): events(.serverError(reason))
+            case .closing(let reason): throw ClosedByServer(reason: reason)
+            }
+        }
+    }
+
+    /// Step 4: dial the proxy port, name the user, then echo until the user finishes.
+    func serveProxy(_ id: ProxyID) {
+        do {
+            let proxy = try Connection.connect(to: proxyServer)
+            defer { proxy.close() }
+            try proxy.write(ClientMessage.proxy(id).encoded)
+            events(.proxyOpened(id: id, local: proxy.local))
+            events(.proxyFinished(id: id, echoed: try echo(proxy)))
+        } catch {
+            events(.proxyFailed(id: id, error: "\(error)"))
+        }
+    }
+}
+
+/// Writes back everything `connection` sends, until it finishes sending; returns the byte count.
+func echo(_ connection: Connection) throws -> Int {
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: joinBufferSize, alignment: 1)
+    defer { buffer.deallocate() }
+    var total = 0
+    while true {
+        let count = try connection.read(into: buffer)
+        if count == 0 { break }
+        try connection.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
+        total += count
+    }
+    connection.shutdownWrite()
+    return total
+}

@@ -1,0 +1,54 @@
+// Between step 2 and step 4, a user waits: connected to the public port, with nowhere to send
+// its bytes until the client's proxy connection arrives. This table holds those users,
+// by id. A proxy connection takes its user out of the table, so an id works once.
+
+import Dispatch
+import Stage0Pipe
+import Synchronization
+
+/// A user connection waiting for its proxy connection.
+public final class WaitingUser: Sendable {
+    public let connection: Connection
+    /// The control connection that was asked for the proxy connection.
+    public let askedOver: Connection
+    /// Signalled when the user leaves the table, matched or released.
+    let left = DispatchSemaphore(value: 0)
+
+    init(connection: Connection, askedOver: Connection) {
+        self.connection = connection
+        self.askedOver = askedOver
+    }
+}
+
+/// Users waiting for proxy connections, by id. Every method is one step under one lock.
+public final class WaitingUsers: Sendable {
+    private let users = Mutex<[ProxyID: WaitingUser]>([:])
+
+    public init() {}
+
+    /// Adds a user under a fresh id and returns the id.
+    func add(_ user: WaitingUser) -> ProxyID {
+        let id = ProxyID.random()
+        users.withLock { $0[id] = user }
+        return id
+    }
+
+    /// Removes and returns the user with this id; nil if there is none (never was, or taken).
+    func take(_ id: ProxyID) -> WaitingUser? {
+        let user = users.withLock { $0.removeValue(forKey: id) }
+        user?.left.signal()
+        return user
+    }
+
+    /// Removes every user that was asked for over `control` (its client has gone).
+    func takeAll(askedOver control: Connection) -> [WaitingUser] {
+        let gone = users.withLock { users in
+            let ids = users.filter { $0.value.askedOver === control }.map(\.key)
+            return ids.compactMap { users.removeValue(forKey: $0) }
+        }
+        for user in gone { user.left.signal() }
+        return gone
+    }
+
+    public var count: Int { users.withLock { $0.count } }
+}
