@@ -40,12 +40,13 @@ final class RunningTunnel: Sendable {
 
     /// Starts the real echo client against this server; `stop()` on the result ends it.
     func startEchoClient() throws -> RunningClient {
+        let before = registrations()  // counted before connecting: the client may register at once
         let connection = try Connection.connect(to: control)
         let client = EchoClient(proxyServer: proxy, heartbeat: Heartbeat(interval: .seconds(1), timeout: .seconds(10))) { _ in }
         let running = RunningClient(connection: connection, thread: BackgroundThread("echo client") {
             Result { try client.run(connection) }
         })
-        #expect(waitForRegistered(registrations() + 1))
+        #expect(waitForRegistered(before + 1))
         return running
     }
 
@@ -78,11 +79,11 @@ final class RawClient: Sendable {
         #expect(tunnel.waitForRegistered(registrations + 1))
     }
 
-    /// The id from the next `create_proxy <id>` line.
+    /// The id from the next `create_proxy <id> <user>` line.
     func nextRequest() throws -> ProxyID {
         let line = try #require(try control.readLineForTest())
         let words = line.split(separator: " ")
-        try #require(words.count == 2 && words[0] == "create_proxy", "got \(line)")
+        try #require(words.count == 3 && words[0] == "create_proxy", "got \(line)")
         return try #require(ProxyID(String(words[1])))
     }
 }

@@ -188,6 +188,18 @@ struct TunnelTests {
         })
     }
 
+    @Test("create_proxy names the user's address, so the client can say who connected")
+    func userAddress() throws {
+        let tunnel = try RunningTunnel()
+        defer { tunnel.stop() }
+        let client = try RawClient(tunnel)
+        defer { client.control.close() }
+        let user = try Connection.connect(to: tunnel.public)
+        defer { user.close() }
+        let line = try #require(try client.control.readLineForTest())
+        #expect(line.hasSuffix(" \(user.local)"))
+    }
+
     @Test("a registered client keeps its heartbeat beside create_proxy")
     func heartbeatBesideProxies() throws {
         let tunnel = try RunningTunnel()
@@ -217,7 +229,8 @@ struct TunnelProtocolTests {
     @Test("messages parse from and encode to the same lines")
     func roundTrip() throws {
         let id = ProxyID.random()
-        for message in [ServerMessage.pong, .registered, .createProxy(id), .error("x y"), .closing("replaced")] {
+        let user = Endpoint(host: "127.0.0.1", port: 51234)
+        for message in [ServerMessage.pong, .registered, .createProxy(id, user: user), .error("x y"), .closing("gone")] {
             #expect(try ServerMessage(line: Array(message.encoded.dropLast().utf8)) == message)
         }
         for message in [ClientMessage.ping, .register, .proxy(id)] {

@@ -2,11 +2,14 @@
 // Stage 0's forwarder has one; the tunnel server of later stages has three
 // (control, public, proxy), all made by this type.
 
+import Synchronization
+
 /// A socket bound to a local address and listening (`socket`, `bind`, `listen`).
 /// Bind to port 0 and read `endpoint.port` back to get a free port chosen by the kernel:
 /// this is how every test starts a server without colliding with another.
 public final class Listener: Sendable {
     public let fd: Int32
+    private let closed = Atomic<Bool>(false)
     /// The address actually bound, with the real port when you asked for port 0.
     public let endpoint: Endpoint
 
@@ -72,5 +75,12 @@ public final class Listener: Sendable {
         }
     }
 
-    deinit { _ = systemClose(fd) }
+    /// Stops listening and frees the port (`close(2)`), once. New connections are refused;
+    /// connections already accepted are not affected.
+    public func close() {
+        if closed.exchange(true, ordering: .acquiringAndReleasing) { return }
+        _ = systemClose(fd)
+    }
+
+    deinit { close() }
 }

@@ -30,6 +30,12 @@ public final class StopSignal: Sendable {
 
     public var isStopped: Bool { stopped.load(ordering: .acquiring) }
 
+    /// Waits until stopped or until `timeout` has passed (`poll(2)` on the pipe).
+    /// Returns true if stopped. A pause that Ctrl-C or a test can cut short.
+    public func wait(timeout: Duration) -> Bool {
+        (try? waitUntil(readFD, events: pollIn, deadline: .now + timeout, waitingFor: "stop")) != nil
+    }
+
     /// Stops on Ctrl-C (SIGINT) or `kill` (SIGTERM), calling `then` once on a dispatch queue.
     /// The signals are handled by a DispatchSource rather than a C signal handler, because
     /// almost nothing is safe to do inside a C signal handler.

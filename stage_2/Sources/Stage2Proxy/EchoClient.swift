@@ -16,7 +16,7 @@ public struct ClosedByServer: Error, CustomStringConvertible {
 public enum EchoClientEvent: Sendable, CustomStringConvertible {
     case connected(server: Endpoint, local: Endpoint)
     case registered(server: Endpoint)
-    case proxyRequested(id: ProxyID)
+    case proxyRequested(id: ProxyID, user: Endpoint)
     case proxyOpened(id: ProxyID, local: Endpoint)
     case proxyFailed(id: ProxyID, error: String)
     case proxyFinished(id: ProxyID, echoed: Int)
@@ -26,7 +26,7 @@ public enum EchoClientEvent: Sendable, CustomStringConvertible {
         switch self {
         case let .connected(server, local): "[1] control connection open to server \(server) (from \(local))"
         case .registered(let server): "[1] registered with server \(server): waiting for users"
-        case .proxyRequested(let id): "[3] the server asked for a proxy connection (id \(id.short))"
+        case let .proxyRequested(id, user): "[3] user \(user) connected: the server asks for a proxy connection (id \(id.short))"
         case let .proxyOpened(id, local): "[4] proxy connection open from \(local) (id \(id.short)); echoing"
         case let .proxyFailed(id, error): "[4] proxy connection (id \(id.short)) failed: \(error)"
         case let .proxyFinished(id, echoed): "[5] proxy connection (id \(id.short)) finished: echoed \(echoed) bytes"
@@ -59,8 +59,8 @@ public struct EchoClient: Sendable {
             switch try ServerMessage(line: line) {
             case .pong: break
             case .registered: events(.registered(server: control.peer))
-            case .createProxy(let id):
-                events(.proxyRequested(id: id))
+            case let .createProxy(id, user):
+                events(.proxyRequested(id: id, user: user))
                 startThread("proxy \(id.short)") { serveProxy(id) }
             case .error(let reason): events(.serverError(reason))
             case .closing(let reason): throw ClosedByServer(reason: reason)

@@ -1,6 +1,6 @@
 // The control protocol grows: stage 1's `ping`/`pong`, plus what steps 1, 3 and 4 need.
 // Still one line per command, still speakable with `nc`. New in this stage: `register`,
-// `registered`, `create_proxy <id>`, `proxy <id>` and `closing <reason>`.
+// `registered`, `create_proxy <id> <user>`, `proxy <id>` and `closing <reason>`.
 // The ids are what make the proxy port safe: see ProxyID below.
 
 import Stage0Pipe
@@ -42,8 +42,9 @@ public enum ServerMessage: Equatable, Sendable {
     case pong
     /// `registered`: the answer to `register`; users will now be sent to this client.
     case registered
-    /// `create_proxy <id>`: a user is waiting; open a proxy connection for it (step 3).
-    case createProxy(ProxyID)
+    /// `create_proxy <id> <user host:port>`: a user is waiting; open a proxy connection for it
+    /// (step 3). The user's address is there so the client can say who is connecting.
+    case createProxy(ProxyID, user: Endpoint)
     /// `error <reason>`: the last line was not understood. The connection stays open.
     case error(String)
     /// `closing <reason>`: the server is closing this control connection, and reconnecting
@@ -56,9 +57,11 @@ public enum ServerMessage: Equatable, Sendable {
         switch (words.first, words.count) {
         case ("pong", 1): self = .pong
         case ("registered", 1): self = .registered
-        case ("create_proxy", 2):
-            guard let id = ProxyID(words[1]) else { throw .unknownCommand(words.joined(separator: " ")) }
-            self = .createProxy(id)
+        case ("create_proxy", 3):
+            guard let id = ProxyID(words[1]), let user = Endpoint(words[2]) else {
+                throw .unknownCommand(words.joined(separator: " "))
+            }
+            self = .createProxy(id, user: user)
         case ("error", _): self = .error(rest)
         case ("closing", _): self = .closing(rest)
         default: throw .unknownCommand(words.joined(separator: " "))
@@ -69,7 +72,7 @@ public enum ServerMessage: Equatable, Sendable {
         switch self {
         case .pong: "pong\n"
         case .registered: "registered\n"
-        case .createProxy(let id): "create_proxy \(id)\n"
+        case let .createProxy(id, user): "create_proxy \(id) \(user)\n"
         case .error(let reason): "error \(reason)\n"
         case .closing(let reason): "closing \(reason)\n"
         }

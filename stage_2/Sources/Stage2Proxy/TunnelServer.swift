@@ -55,6 +55,9 @@ public final class TunnelServer: Sendable {
     /// How long a user waits for its proxy connection, and a proxy connection for its id line.
     public let proxyTimeout: Duration
     public let events: @Sendable (TunnelServerEvent) -> Void
+    /// Runs first on every control connection, and returns why it is refused (nil: admitted).
+    /// A refused client is told with `closing <reason>`. Stage 3 checks a shared secret here.
+    public let admit: @Sendable (LineReader) -> String?
 
     /// The registered client. The newest to send `register` wins; the one it replaces is told
     /// and closed. (The alternative, refusing newcomers while a client is registered, would
@@ -63,14 +66,17 @@ public final class TunnelServer: Sendable {
     private let waiting = WaitingUsers()
 
     public init(heartbeatTimeout: Duration = Heartbeat.standard.timeout, proxyTimeout: Duration = .seconds(10),
+                admit: @escaping @Sendable (LineReader) -> String? = { _ in nil },
                 events: @escaping @Sendable (TunnelServerEvent) -> Void) {
         self.heartbeatTimeout = heartbeatTimeout
         self.proxyTimeout = proxyTimeout
+        self.admit = admit
         self.events = events
     }
 
-    /// Serves until `stop`. Then, as if the process had exited, closes the control connection,
-    /// which releases every waiting user; users already joined finish on their own.
+    /// Serves until `stop`. Then, as if the process had exited, closes the listeners and the
+    /// control connection, which releases every waiting user; users already joined finish on
+    /// their own.
     public func run(_ listeners: TunnelListeners, stop: StopSignal) {
         events(.listening(control: listeners.control.endpoint, public: listeners.public.endpoint,
                           proxy: listeners.proxy.endpoint))
@@ -80,6 +86,7 @@ public final class TunnelServer: Sendable {
         ]
         listeners.proxy.acceptEach(unless: stop) { self.serveProxy($0) }
         for thread in others { thread.value() }
+        for listener in [listeners.control, listeners.public, listeners.proxy] { listener.close() }
         client.withLock { $0 }?.connection.shutdownBoth()
     }
 
@@ -90,6 +97,11 @@ public final class TunnelServer: Sendable {
         let peer = connection.peer
         events(.controlOpened(client: peer))
         let reader = LineReader(connection)
+        if let refusal = admit(reader) {
+            try? channel.send(.closing(refusal))
+            connection.close()
+            return events(.controlRefused(client: peer, reason: refusal))
+        }
         var reason = "the client closed it"
         do {
             while let line = try reader.readLine(deadline: .now + heartbeatTimeout) {
@@ -144,7 +156,7 @@ public final class TunnelServer: Sendable {
         let entry = WaitingUser(connection: user, askedOver: channel.connection)
         let id = waiting.add(entry)
         do {
-            try channel.send(.createProxy(id))
+            try channel.send(.createProxy(id, user: user.peer))
             events(.askedForProxy(user: user.peer, client: channel.connection.peer, id: id))
         } catch {
             waiting.take(id)?.connection.close()

@@ -9,6 +9,7 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
     case registered(client: Endpoint)
     case replaced(old: Endpoint, new: Endpoint)
     case controlRejected(client: Endpoint, reason: String)
+    case controlRefused(client: Endpoint, reason: String)
     case controlClosed(client: Endpoint, reason: String, releasedUsers: Int)
     case userConnected(user: Endpoint)
     case noClient(user: Endpoint)
@@ -31,6 +32,8 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
             "[1] client \(old) replaced by \(new); told it so and closed its control connection"
         case let .controlRejected(client, reason):
             "[1] client \(client) sent a line we do not understand (\(reason)); answered with an error line"
+        case let .controlRefused(client, reason):
+            "[1] control connection from \(client) refused: \(reason)"
         case let .controlClosed(client, reason, released):
             "[1] control connection from \(client) closed: \(reason)"
                 + (released > 0 ? "; closed \(released) user(s) still waiting for it" : "")
