@@ -9,6 +9,7 @@ import Stage1Control
 /// The server closed the control connection with `closing <reason>`; retrying would not help.
 public struct ClosedByServer: Error, CustomStringConvertible {
     public let reason: String
+    public init(reason: String) { self.reason = reason }
     public var description: String { "the server closed the control connection: \(reason)" }
 }
 

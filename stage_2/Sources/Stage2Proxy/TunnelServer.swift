@@ -40,6 +40,8 @@ public struct TunnelListeners: Sendable {
 final class ControlChannel: Sendable {
     let connection: Connection
     private let sending = Mutex<Void>(())
+    /// Set when a newer client takes this one's place, so its log line can say so.
+    let wasReplaced = Atomic<Bool>(false)
 
     init(_ connection: Connection) { self.connection = connection }
 
@@ -64,6 +66,8 @@ public final class TunnelServer: Sendable {
     /// lock out a restarted client until the dead one's heartbeat ran out.)
     private let client = Mutex<ControlChannel?>(nil)
     private let waiting = WaitingUsers()
+    /// Every open control connection, registered or not, so that stopping can end them all.
+    private let controlConnections = Mutex<[ObjectIdentifier: Connection]>([:])
 
     public init(heartbeatTimeout: Duration = Heartbeat.standard.timeout, proxyTimeout: Duration = .seconds(10),
                 admit: @escaping @Sendable (LineReader) -> String? = { _ in nil },
@@ -81,20 +85,25 @@ public final class TunnelServer: Sendable {
         events(.listening(control: listeners.control.endpoint, public: listeners.public.endpoint,
                           proxy: listeners.proxy.endpoint))
         let others = [
-            BackgroundThread("accept control") { listeners.control.acceptEach(unless: stop) { self.serveControl($0) } },
+            BackgroundThread("accept control") {
+                listeners.control.acceptEach(unless: stop) { self.serveControl($0, stop: stop) }
+            },
             BackgroundThread("accept users") { listeners.public.acceptEach(unless: stop) { self.serveUser($0) } },
         ]
         listeners.proxy.acceptEach(unless: stop) { self.serveProxy($0) }
         for thread in others { thread.value() }
         for listener in [listeners.control, listeners.public, listeners.proxy] { listener.close() }
-        client.withLock { $0 }?.connection.shutdownBoth()
+        for connection in controlConnections.withLock({ Array($0.values) }) { connection.shutdownBoth() }
     }
 
     // MARK: Step 1: the control connection
 
-    func serveControl(_ connection: Connection) {
+    func serveControl(_ connection: Connection, stop: StopSignal) {
         let channel = ControlChannel(connection)
         let peer = connection.peer
+        controlConnections.withLock { $0[ObjectIdentifier(connection)] = connection }
+        defer { controlConnections.withLock { $0[ObjectIdentifier(connection)] = nil } }
+        if stop.isStopped { connection.shutdownBoth() }  // accepted just as the server stopped
         events(.controlOpened(client: peer))
         let reader = LineReader(connection)
         if let refusal = admit(reader) {
@@ -123,7 +132,11 @@ public final class TunnelServer: Sendable {
         }
         // This client is gone: forget it (unless a newer one already replaced it), and release
         // the users still waiting for its proxy connections; they would wait in vain.
-        client.withLock { if $0 === channel { $0 = nil } }
+        let wasReplaced = client.withLock { current in
+            if current === channel { current = nil }
+            return current != nil && current !== channel && channel.wasReplaced.load(ordering: .acquiring)
+        }
+        if wasReplaced { reason = "replaced by a newer client" }
         let released = waiting.takeAll(askedOver: connection)
         for user in released { user.connection.close() }
         connection.close()
@@ -131,13 +144,16 @@ public final class TunnelServer: Sendable {
     }
 
     private func register(_ channel: ControlChannel) throws {
-        try channel.send(.registered)
+        // Publish first, answer second: once the client reads `registered`, users must find it.
+        // (If the answer fails, this connection's cleanup in serveControl unpublishes it.)
         let previous = client.withLock { current in
             defer { current = channel }
             return current
         }
+        try channel.send(.registered)
         events(.registered(client: channel.connection.peer))
         if let previous, previous !== channel {
+            previous.wasReplaced.store(true, ordering: .releasing)
             try? previous.send(.closing("replaced by a newer client, \(channel.connection.peer)"))
             previous.connection.shutdownBoth()  // its thread wakes up, cleans up and closes it
             events(.replaced(old: previous.connection.peer, new: channel.connection.peer))
