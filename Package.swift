@@ -37,6 +37,17 @@ let package = Package(
         .testTarget(
             name: "Stage2Tests", dependencies: ["Stage2Proxy", "TestSupport"], path: "Tests/Stage2Tests"),
 
+        // Stage 3: the full tunnel (steps 1-5) to a local app; reconnects; a shared secret; a demo.
+        .target(name: "Stage3Tunnel", dependencies: ["Stage2Proxy"], path: "stage_3/Sources/Stage3Tunnel"),
+        .executableTarget(
+            name: "stage3-server", dependencies: ["Stage3Tunnel"], path: "stage_3/Sources/stage3-server"),
+        .executableTarget(
+            name: "stage3-client", dependencies: ["Stage3Tunnel"], path: "stage_3/Sources/stage3-client"),
+        .executableTarget(
+            name: "stage3-demo", dependencies: ["Stage3Tunnel"], path: "stage_3/Sources/stage3-demo"),
+        .testTarget(
+            name: "Stage3Tests", dependencies: ["Stage3Tunnel", "TestSupport"], path: "Tests/Stage3Tests"),
+
         // Helpers shared by every stage's tests: tiny servers and waiting with a deadline.
         .target(name: "TestSupport", dependencies: ["Stage0Pipe"], path: "Tests/TestSupport"),
     ],

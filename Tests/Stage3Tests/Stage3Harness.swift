@@ -1,0 +1,78 @@
+// Helpers for stage 3's tests: a server (stage 2's, with the secret check in front), the
+// real tunnel client, and apps for it to reach, each on ports the kernel picked.
+
+import Stage0Pipe
+import Stage1Control
+import Stage2Proxy
+import Stage3Tunnel
+import TestSupport
+import Testing
+
+/// A stage 3 server on free loopback ports (or on given ones, to restart it in place).
+final class RunningServer3: Sendable {
+    let events = EventRecorder<TunnelServerEvent>()
+    let control: Endpoint
+    let `public`: Endpoint
+    let proxy: Endpoint
+    private let stopSignal = StopSignal()
+    private let thread: BackgroundThread<Void>
+
+    init(secret: String? = nil, ports: (control: UInt16, public: UInt16, proxy: UInt16) = (0, 0, 0)) throws {
+        let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: ports.control, publicPort: ports.public,
+                                            proxyPort: ports.proxy)
+        (control, self.public, proxy) = (listeners.control.endpoint, listeners.public.endpoint, listeners.proxy.endpoint)
+        let server = TunnelServer(proxyTimeout: .seconds(10), admit: SharedSecret(secret).check(timeout: .seconds(5)),
+                                  events: events.handler)
+        thread = BackgroundThread("stage 3 server") { [stopSignal] in server.run(listeners, stop: stopSignal) }
+    }
+
+    /// Stops the server as if its process had exited: listeners and control connection closed.
+    func stop() {
+        stopSignal.stop()
+        thread.value()
+    }
+
+    var ports: (control: UInt16, public: UInt16, proxy: UInt16) { (control.port, self.public.port, proxy.port) }
+}
+
+/// The real tunnel client, running on a background thread, with its events recorded.
+final class RunningClient3: Sendable {
+    let client: TunnelClient
+    let events = EventRecorder<TunnelClientEvent>()
+    let thread: BackgroundThread<ClosedByServer?>
+
+    init(app: Endpoint, server: RunningServer3, secret: String? = nil) {
+        var settings = TunnelClientSettings(localApp: app, control: server.control, proxy: server.proxy)
+        settings.secret = SharedSecret(secret)
+        settings.backoff = Backoff(initial: .milliseconds(20), maximum: .milliseconds(200))
+        let client = TunnelClient(settings, events: events.handler)
+        self.client = client
+        thread = BackgroundThread("tunnel client") {
+            do throws(ClosedByServer) {
+                try client.run()
+                return nil
+            } catch {
+                return error
+            }
+        }
+    }
+
+    /// Waits until the client has registered `count` times in all.
+    @discardableResult
+    func waitForRegistered(_ count: Int = 1) -> Bool {
+        events.wait(for: count) { if case .registered = $0 { true } else { false } }
+    }
+
+    func stop() {
+        client.stop()
+        _ = thread.value()
+    }
+}
+
+/// A tunnel ready to use: a server, and a client registered with it, joining users to `app`.
+func startTunnel(app: Endpoint, secret: String? = nil) throws -> (RunningServer3, RunningClient3) {
+    let server = try RunningServer3(secret: secret)
+    let client = RunningClient3(app: app, server: server, secret: secret)
+    #expect(client.waitForRegistered())
+    return (server, client)
+}

@@ -1,0 +1,58 @@
+// Step 1 with a lock on the door: in stage 3 every control connection starts with `auth`.
+// Anyone who can reach the control port could otherwise register and receive every user.
+// Without TLS the secret crosses the network in clear text: it keeps out strangers who
+// stumble on the port, not someone who can watch the traffic (see the README).
+
+import Stage0Pipe
+import Stage1Control
+
+/// The secret a client must present, if the server has one.
+public struct SharedSecret: Sendable {
+    /// Nil: the server accepts any client (its `auth` line still comes first).
+    public let value: String?
+
+    public init(_ value: String?) { self.value = value }
+
+    /// Reads a secret from `--secret` or, if absent, the `TUNNEL_SECRET` environment variable
+    /// (an environment variable does not show up in `ps` the way a flag does). One word of
+    /// printable characters, since it travels in a line of text.
+    public static func parse(flag: String?) throws -> SharedSecret {
+        guard let secret = flag ?? getenv("TUNNEL_SECRET").map({ String(cString: $0) }) else { return SharedSecret(nil) }
+        guard !secret.isEmpty, secret.utf8.count <= 256, secret.unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 })
+        else { throw UsageError("the secret must be 1 to 256 printable ASCII characters without spaces") }
+        return SharedSecret(secret)
+    }
+
+    /// The client's first line: `auth <secret>`, or `auth` alone when it has none.
+    public var authLine: String {
+        value.map { "auth \($0)\n" } ?? "auth\n"
+    }
+
+    /// The server's check, for `TunnelServer`'s `admit`: the first line must be `auth` with the
+    /// right secret and arrive within `timeout`. Returns why the client is refused, or nil.
+    public func check(timeout: Duration) -> @Sendable (LineReader) -> String? {
+        { reader in
+            do {
+                guard let line = try reader.readLine(deadline: .now + timeout) else { return "it closed before authenticating" }
+                guard line.starts(with: Array("auth".utf8)) && (line.count == 4 || line[4] == UInt8(ascii: " ")) else {
+                    return "its first line was not auth <secret>"
+                }
+                guard let value else { return nil }
+                return constantTimeEquals(Array(line.dropFirst(5)), Array(value.utf8)) ? nil : "wrong secret"
+            } catch {
+                return "\(error)"
+            }
+        }
+    }
+}
+
+/// Compares two byte strings in a time that depends only on their lengths, not on where
+/// they first differ. A plain `==` stops at the first difference, so how long a wrong guess
+/// takes would tell an attacker how many of its first bytes were right.
+func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    var difference = UInt8(a.count == b.count ? 0 : 1)
+    for index in 0..<max(a.count, b.count) {
+        difference |= (index < a.count ? a[index] : 0) ^ (index < b.count ? b[index] : 0)
+    }
+    return difference == 0
+}

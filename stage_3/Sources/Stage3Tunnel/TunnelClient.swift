@@ -1,0 +1,184 @@
+// Stage 3's client, on the private machine: all five steps. It is stage 2's client with the
+// echo replaced by the local app. For each `create_proxy <id> <user>` it opens the proxy
+// connection (step 4), a private connection to the local app (step 4), and joins them
+// (step 5, stage 0's `join`). It never needs to know the app's protocol: HTTP, SSH, Redis
+// and anything else over TCP go through as bytes.
+// New as well: when the control connection drops or cannot be made, the client tries again,
+// waiting longer each time (Backoff.swift), so a server restart heals on its own.
+
+import Stage0Pipe
+import Stage1Control
+import Stage2Proxy
+import Synchronization
+
+/// Where the client connects, and how.
+public struct TunnelClientSettings: Sendable {
+    /// The app on this machine that users should reach (e.g. 127.0.0.1:8000).
+    public var localApp: Endpoint
+    /// The server's control port (60623).
+    public var control: Endpoint
+    /// The server's proxy port (60625).
+    public var proxy: Endpoint
+    public var secret = SharedSecret(nil)
+    public var heartbeat = Heartbeat.standard
+    public var backoff = Backoff()
+
+    public init(localApp: Endpoint, control: Endpoint, proxy: Endpoint) {
+        self.localApp = localApp
+        self.control = control
+        self.proxy = proxy
+    }
+}
+
+/// The tunnel client: keeps a control connection to the server (reconnecting as needed) and
+/// joins every user the server announces to the local app.
+public final class TunnelClient: Sendable {
+    public let settings: TunnelClientSettings
+    public let events: @Sendable (TunnelClientEvent) -> Void
+    private let stopSignal = StopSignal()
+    /// Every socket the client has open, so `stop()` can end them all, as an exiting process would.
+    private let open = Mutex<[ObjectIdentifier: Connection]>([:])
+
+    public init(_ settings: TunnelClientSettings, events: @escaping @Sendable (TunnelClientEvent) -> Void) {
+        self.settings = settings
+        self.events = events
+    }
+
+    /// Runs until `stop()`. Throws `ClosedByServer` when the server refuses the client (a wrong
+    /// secret, or a newer client took over): trying again would only be refused again.
+    public func run() throws(ClosedByServer) {
+        var failures = 0
+        while !stopSignal.isStopped {
+            do {
+                let control = try connect(settings.control)
+                defer { release(control) }
+                let ending = try serveControl(control) { failures = 0 }
+                if stopSignal.isStopped { break }
+                events(.controlLost(server: settings.control, reason: ending))
+            } catch let refusal as ClosedByServer {
+                throw refusal
+            } catch {
+                if stopSignal.isStopped { break }
+                events(.cannotReachServer(server: settings.control, error: "\(error)"))
+            }
+            if stopSignal.isStopped { break }
+            let delay = settings.backoff.delay(attempt: failures)
+            failures += 1
+            events(.retrying(after: delay, attempt: failures))
+            if stopSignal.wait(timeout: delay) { break }
+        }
+    }
+
+    /// Stops `run()` and closes every connection the client has open.
+    public func stop() {
+        stopSignal.stop()
+        for connection in open.withLock({ Array($0.values) }) { connection.shutdownBoth() }
+    }
+
+    /// Step 1: authenticate, register, keep the heartbeat, and answer `create_proxy`.
+    /// Calls `registered` once the server has accepted us.
+    private func serveControl(_ control: Connection, registered: () -> Void) throws -> String {
+        events(.connected(server: control.peer, local: control.local))
+        try control.write(settings.secret.authLine + ClientMessage.register.encoded)
+        let ending = try runClientHeartbeat(LineReader(control), heartbeat: settings.heartbeat) { line in
+            switch try ServerMessage(line: line) {
+            case .pong: break
+            case .registered:
+                registered()
+                events(.registered(server: control.peer, localApp: settings.localApp))
+            case let .createProxy(id, user):
+                events(.userArrived(user: user, id: id))
+                startThread("user \(user)") { self.serveUser(user, id: id) }
+            case .error(let reason): events(.serverError(reason))
+            case .closing(let reason): throw ClosedByServer(reason: reason)
+            }
+        }
+        switch ending {
+        case .serverClosed: return "the server closed it"
+        case .serverSilent(let timeout): return "no answer from the server for \(timeout)"
+        }
+    }
+
+    /// Steps 4 and 5 for one user: proxy connection, private connection, join.
+    private func serveUser(_ user: Endpoint, id: ProxyID) {
+        let proxy: Connection
+        do {
+            proxy = try connect(settings.proxy)
+            try proxy.write(ClientMessage.proxy(id).encoded)
+        } catch {
+            return events(.proxyFailed(user: user, error: "\(error)"))
+        }
+        events(.proxyOpened(user: user, local: proxy.local))
+        let app: Connection
+        do {
+            app = try connect(settings.localApp, timeout: .seconds(5))
+        } catch {
+            // Closing the proxy connection closes the user's at once: better than leaving
+            // the user to wait for an answer that cannot come.
+            release(proxy)
+            return events(.appUnreachable(user: user, app: settings.localApp, error: "\(error)"))
+        }
+        events(.appConnected(user: user, app: settings.localApp))
+        let result = join(proxy, app)
+        release(proxy)
+        release(app)
+        events(.userFinished(user: user, sent: result.forward, received: result.backward))
+    }
+
+    private func connect(_ endpoint: Endpoint, timeout: Duration = .seconds(10)) throws -> Connection {
+        let connection = try Connection.connect(to: endpoint, timeout: timeout)
+        open.withLock { $0[ObjectIdentifier(connection)] = connection }
+        if stopSignal.isStopped { connection.shutdownBoth() }  // stop() ran while we connected
+        return connection
+    }
+
+    private func release(_ connection: Connection) {
+        connection.close()
+        open.withLock { $0[ObjectIdentifier(connection)] = nil }
+    }
+}
+
+/// What the tunnel client does, one case per log line, tagged with its step in the diagram.
+public enum TunnelClientEvent: Sendable, CustomStringConvertible {
+    case connected(server: Endpoint, local: Endpoint)
+    case registered(server: Endpoint, localApp: Endpoint)
+    case controlLost(server: Endpoint, reason: String)
+    case cannotReachServer(server: Endpoint, error: String)
+    case retrying(after: Duration, attempt: Int)
+    case serverError(String)
+    case userArrived(user: Endpoint, id: ProxyID)
+    case proxyOpened(user: Endpoint, local: Endpoint)
+    case proxyFailed(user: Endpoint, error: String)
+    case appConnected(user: Endpoint, app: Endpoint)
+    case appUnreachable(user: Endpoint, app: Endpoint, error: String)
+    case userFinished(user: Endpoint, sent: Int, received: Int)
+
+    public var description: String {
+        switch self {
+        case let .connected(server, local):
+            "[1] control connection open to server \(server) (from \(local)); authenticating and registering"
+        case let .registered(server, app):
+            "[1] registered with server \(server): its users will reach \(app)"
+        case let .controlLost(server, reason):
+            "[1] control connection to \(server) lost: \(reason)"
+        case let .cannotReachServer(server, error):
+            "[1] cannot reach server \(server): \(error)" + (error.contains("ECONNREFUSED") ? " — is the server running?" : "")
+        case let .retrying(after, attempt):
+            "[1] reconnecting in \(after) (retry \(attempt))"
+        case .serverError(let reason):
+            "[1] the server answered with an error: \(reason)"
+        case let .userArrived(user, id):
+            "[3] user \(user) connected: the server asks for a proxy connection (id \(id.short))"
+        case let .proxyOpened(user, local):
+            "[4] proxy connection open from \(local) for user \(user)"
+        case let .proxyFailed(user, error):
+            "[4] could not open the proxy connection for user \(user): \(error)"
+        case let .appConnected(user, app):
+            "[4] private connection open to local app \(app); [5] joined to user \(user)"
+        case let .appUnreachable(user, app, error):
+            "[4] local app \(app) unreachable: \(error) — is it running? Closed user \(user)'s connection"
+        case let .userFinished(user, sent, received):
+            "[5] user \(user) finished: sent \(sent) bytes, received \(received) bytes"
+        }
+    }
+}

@@ -1,0 +1,62 @@
+// stage3-client: the private side of the full tunnel: joins each user to a local app,
+// reconnecting to the server whenever the control connection drops.
+// The work is in the Stage3Tunnel library (TunnelClient.swift).
+
+import Stage0Pipe
+import Stage1Control
+import Stage3Tunnel
+
+let tool = Tool(
+    name: "stage3-client",
+    usage: """
+        usage: stage3-client <local-app host:port> [server-host] [--control-port N] [--proxy-port N]
+                             [--secret word] [--interval duration] [--timeout duration]
+
+        Makes the app at <local-app host:port> reachable on the server's public port.
+        Dials out to the server (default 127.0.0.1), so it works from behind NAT; if the
+        server goes away it keeps retrying, waiting longer each time (up to 30 s).
+        Exits 1 if the server refuses it (wrong secret, or replaced by a newer client).
+
+          --control-port N     the server's control port (default 60623)
+          --proxy-port N       the server's proxy port (default 60625)
+          --secret word        the server's shared secret (default: $TUNNEL_SECRET, else none)
+          --interval duration  time between pings (default 5s)
+          --timeout duration   reconnect after this much silence from the server (default 15s)
+          -h, --help           show this help
+
+        example: python3 -m http.server 8000 --bind 127.0.0.1 & stage3-client 127.0.0.1:8000
+        """)
+
+let settings = tool.parse { arguments in
+    let controlPort = try arguments.port("--control-port", default: 60623)
+    let proxyPort = try arguments.port("--proxy-port", default: 60625)
+    let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
+    let heartbeat = Heartbeat(
+        interval: try arguments.duration("--interval", default: Heartbeat.standard.interval),
+        timeout: try arguments.duration("--timeout", default: Heartbeat.standard.timeout))
+    let rest = try arguments.positionals()
+    guard (1...2).contains(rest.count) else {
+        throw UsageError("expected the local app's host:port and, optionally, the server's host")
+    }
+    let serverHost = rest.count == 2 ? rest[1] : "127.0.0.1"
+    guard Endpoint(serverHost) == nil else {
+        throw UsageError("give the server's host alone (\(serverHost.split(separator: ":")[0])); ports are --control-port and --proxy-port")
+    }
+    var settings = TunnelClientSettings(
+        localApp: try parseEndpoint(rest[0], what: "the local app"),
+        control: Endpoint(host: serverHost, port: controlPort), proxy: Endpoint(host: serverHost, port: proxyPort))
+    settings.secret = secret
+    settings.heartbeat = heartbeat
+    return settings
+}
+
+let client = TunnelClient(settings) { tool.log($0.description) }
+StopSignal().stopOnInterrupt {
+    tool.log("stopping")
+    client.stop()
+}
+do {
+    try client.run()
+} catch {
+    tool.fail("\(error); not retrying")
+}
