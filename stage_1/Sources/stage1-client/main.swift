@@ -33,16 +33,4 @@ StopSignal().stopOnInterrupt {
     exit(0)
 }
 let client = ControlClient(heartbeat: heartbeat) { tool.log($0.description) }
-do {
-    let connection = try Connection.connect(to: server)
-    switch try client.run(connection) {
-    case .serverClosed:
-        tool.log("[1] the server closed the control connection; exiting")
-    case .serverSilent(let timeout):
-        tool.fail("[1] no answer from the server for \(timeout); it may be down or unreachable. Exiting")
-    }
-} catch let error as SocketError where error.code == ECONNREFUSED {
-    tool.fail("\(error) — is the server running?")
-} catch {
-    tool.fail("\(error)")
-}
+tool.runControlClient(server: server) { try client.run($0) }

@@ -39,15 +39,4 @@ StopSignal().stopOnInterrupt {
     exit(0)
 }
 let client = EchoClient(proxyServer: proxy, heartbeat: heartbeat) { tool.log($0.description) }
-do {
-    switch try client.run(try Connection.connect(to: control)) {
-    case .serverClosed:
-        tool.log("[1] the server closed the control connection; exiting")
-    case .serverSilent(let timeout):
-        tool.fail("[1] no answer from the server for \(timeout); it may be down or unreachable. Exiting")
-    }
-} catch let error as SocketError where error.code == ECONNREFUSED {
-    tool.fail("\(error) — is the server running?")
-} catch {
-    tool.fail("\(error)")
-}
+tool.runControlClient(server: control) { try client.run($0) }
