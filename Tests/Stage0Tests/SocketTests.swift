@@ -45,6 +45,18 @@ struct SocketTests {
         #expect(throws: TimeoutError.self) { try client.read(exactly: 1, timeout: .milliseconds(50)) }
     }
 
+    @Test("a write with a deadline gives up on a peer that never reads")
+    func writeDeadline() throws {
+        let listener = try Listener(on: anyLoopbackPort)
+        let client = try Connection.connect(to: listener.endpoint)
+        defer { client.close() }
+        let neverReads = try #require(try listener.accept(unless: StopSignal()))
+        defer { neverReads.close() }
+        // Far more than both socket buffers hold, so the write must wait for room that never comes.
+        let flood = [UInt8](repeating: 0, count: 64 << 20)
+        #expect(throws: TimeoutError.self) { try client.write(flood, deadline: .now + .milliseconds(200)) }
+    }
+
     @Test("a stopped listener's accept returns nil instead of blocking")
     func stopWakesAccept() throws {
         let listener = try Listener(on: anyLoopbackPort)

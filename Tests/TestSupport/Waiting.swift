@@ -34,7 +34,8 @@ public final class EventRecorder<Event: Sendable>: @unchecked Sendable {
     /// Waits until `isDone(events)` is true; returns false if the deadline passes first.
     @discardableResult
     public func wait(timeout: Duration = testDeadline, until isDone: ([Event]) -> Bool) -> Bool {
-        let deadline = Date().addingTimeInterval(Double(timeout.components.seconds))
+        let deadline = Date().addingTimeInterval(
+            Double(timeout.components.seconds) + Double(timeout.components.attoseconds) / 1e18)
         condition.lock()
         defer { condition.unlock() }
         while !isDone(recorded) {
@@ -66,18 +67,6 @@ extension Connection {
             filled += got
         }
         return Array(bytes[..<filled])
-    }
-
-    /// Reads until the peer finishes sending. Fails at the deadline.
-    public func readToEnd(timeout: Duration = testDeadline) throws -> [UInt8] {
-        let deadline = ContinuousClock.now + timeout
-        var all: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let got = try chunk.withUnsafeMutableBytes { try read(into: $0, deadline: deadline) }
-            if got == 0 { return all }
-            all += chunk[..<got]
-        }
     }
 
     /// Reads one `\n`-terminated line byte by byte (tests only: slow, but never reads past it).

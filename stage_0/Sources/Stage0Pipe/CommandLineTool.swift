@@ -18,9 +18,15 @@ public struct Arguments {
     public mutating func value(_ name: String) throws -> String? {
         guard let index = words.firstIndex(where: { $0 == name || $0.hasPrefix(name + "=") }) else { return nil }
         let word = words.remove(at: index)
-        if word.count > name.count { return String(word.dropFirst(name.count + 1)) }
-        guard index < words.count, !words[index].hasPrefix("--") else { throw UsageError("\(name) needs a value") }
-        return words.remove(at: index)
+        let value: String
+        if word.count > name.count {
+            value = String(word.dropFirst(name.count + 1))
+        } else {
+            guard index < words.count, !words[index].hasPrefix("--") else { throw UsageError("\(name) needs a value") }
+            value = words.remove(at: index)
+        }
+        if words.contains(where: { $0 == name || $0.hasPrefix(name + "=") }) { throw UsageError("\(name) is given twice") }
+        return value
     }
 
     /// True when the switch `--name` is present.
@@ -48,8 +54,8 @@ public struct Arguments {
         guard let text = try value(name) else { return fallback }
         let (number, scale): (Substring, Double) =
             text.hasSuffix("ms") ? (text.dropLast(2), 0.001) : text.hasSuffix("s") ? (text.dropLast(), 1) : ("", 0)
-        guard let value = Double(number), value > 0, value < 86_400 else {
-            throw UsageError("\(name) expects a duration like 500ms or 5s, got \"\(text)\"")
+        guard let value = Double(number), value * scale >= 0.001, value * scale <= 86_400 else {
+            throw UsageError("\(name) expects a duration from 1ms to 86400s, like 500ms or 5s, got \"\(text)\"")
         }
         return .milliseconds(Int64((value * scale * 1000).rounded()))
     }
@@ -85,6 +91,8 @@ public struct Tool: Sendable {
     /// Parses the process's arguments with `body`. `--help` prints the usage and exits 0;
     /// a `UsageError` prints one line and exits 2.
     public func parse<Options>(_ body: (inout Arguments) throws -> Options) -> Options {
+        // Our sockets never raise SIGPIPE (see Connection), but a log piped into `head` would.
+        signal(SIGPIPE, SIG_IGN)
         var arguments = Arguments(Array(CommandLine.arguments.dropFirst()))
         if arguments.flag("--help") || arguments.flag("-h") {
             writeLine(usage, to: 1)
@@ -101,6 +109,18 @@ public struct Tool: Sendable {
     /// Writes one log line to standard error, prefixed with the tool's name.
     public func log(_ line: String) {
         writeLine("\(name): \(line)", to: 2)
+    }
+
+    /// Makes a server's listener(s) with `bind`, or exits 1 with the reason; a port in use
+    /// gets a hint, since that is by far the most common cause.
+    public func listen<Listeners>(_ bind: () throws -> Listeners) -> Listeners {
+        do {
+            return try bind()
+        } catch let error as SocketError where error.code == EADDRINUSE {
+            fail("\(error) — is another program using that port?")
+        } catch {
+            fail("\(error)")
+        }
     }
 
     /// Logs `message` and exits with status 1: the arguments were fine, the run failed.

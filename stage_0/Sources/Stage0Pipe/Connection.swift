@@ -1,6 +1,6 @@
 // A connected TCP socket: what every step of the tunnel diagram is made of.
 // Blocking calls on purpose: one thread per direction reads and writes, so the code
-// reads top to bottom like the protocol it speaks (see Pipe.swift for why).
+// reads top to bottom like the protocol it speaks (see Join.swift for why).
 
 import Synchronization
 
@@ -16,6 +16,7 @@ public final class Connection: Sendable, CustomStringConvertible {
     private let closed = Atomic<Bool>(false)
 
     /// Wraps a connected socket: turns off Nagle's algorithm and SIGPIPE, and reads both addresses.
+    /// If this throws, the caller still owns `fd` and must close it.
     init(fd: Int32) throws {
         self.fd = fd
         // TCP_NODELAY: send each write at once. The tunnel relays bytes as they come and its
@@ -23,13 +24,8 @@ public final class Connection: Sendable, CustomStringConvertible {
         var on: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
         disableSigPipe(fd)
-        do {
-            local = try SocketAddress.of(fd, "getsockname", getsockname).endpoint
-            peer = try SocketAddress.of(fd, "getpeername", getpeername).endpoint
-        } catch {
-            _ = systemClose(fd)
-            throw error
-        }
+        local = try SocketAddress.of(fd, "getsockname", getsockname).endpoint
+        peer = try SocketAddress.of(fd, "getpeername", getpeername).endpoint
     }
 
     /// Connects to `endpoint` (`socket(2)` + `connect(2)`), trying each address the host
@@ -40,16 +36,14 @@ public final class Connection: Sendable, CustomStringConvertible {
             do {
                 let fd = try systemCall("socket") { socket(address.family, streamSocketType, 0) }
                 do {
-                    try connect(fd, to: address, timeout: timeout)
+                    try connect(fd, to: address, timeout: timeout, naming: "connect \(endpoint)")
                     return try Connection(fd: fd)
                 } catch {
                     _ = systemClose(fd)
                     throw error
                 }
-            } catch let error as SocketError {
-                lastError = SocketError(call: "connect \(endpoint)", code: error.code)
-            } catch is TimeoutError {
-                lastError = TimeoutError(waitingFor: "connect \(endpoint)")
+            } catch {
+                lastError = error
             }
         }
         throw lastError
@@ -58,19 +52,19 @@ public final class Connection: Sendable, CustomStringConvertible {
     /// `connect(2)` with a deadline. A plain blocking connect to a host that drops packets
     /// waits minutes, so we connect non-blocking, `poll(2)` for writability, then read the
     /// outcome from `SO_ERROR`, and switch back to blocking.
-    private static func connect(_ fd: Int32, to address: SocketAddress, timeout: Duration) throws {
+    private static func connect(_ fd: Int32, to address: SocketAddress, timeout: Duration, naming call: String) throws {
         let flags = try systemCall("fcntl") { fcntl(fd, F_GETFL) }
         try systemCall("fcntl") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
         let started = address.withSockaddr { systemConnect(fd, $0, $1) }
         if started == -1 && errno != EINPROGRESS && errno != EINTR {
-            throw SocketError(call: "connect", code: errno)
+            throw SocketError(call: call, code: errno)
         }
         if started == -1 {
-            try waitUntil(fd, events: Int16(POLLOUT), deadline: .now + timeout, waitingFor: "connect")
+            try waitUntil(fd, events: Int16(POLLOUT), deadline: .now + timeout, waitingFor: call)
             var code: Int32 = 0
             var length = socklen_t(MemoryLayout<Int32>.size)
             try systemCall("getsockopt") { getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length) }
-            if code != 0 { throw SocketError(call: "connect", code: code) }
+            if code != 0 { throw SocketError(call: call, code: code) }
         }
         try systemCall("fcntl") { fcntl(fd, F_SETFL, flags) }
     }
@@ -85,22 +79,46 @@ public final class Connection: Sendable, CustomStringConvertible {
         return try systemCall("read from \(peer)") { recv(fd, buffer.baseAddress, buffer.count, 0) }
     }
 
+    /// Reads until the peer finishes sending, keeping at most `limit` bytes; throws
+    /// `TimeoutError` if the end has not come within `timeout`.
+    public func readToEnd(limit: Int = 64 << 20, timeout: Duration = .seconds(10)) throws -> [UInt8] {
+        let deadline = ContinuousClock.now + timeout
+        var all: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = try chunk.withUnsafeMutableBytes { try read(into: $0, deadline: deadline) }
+            if count == 0 { return all }
+            all += chunk[..<min(count, max(0, limit - all.count))]
+        }
+    }
+
     /// Writes every byte (`send(2)` in a loop: the kernel may take only part of a large write).
-    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+    /// Blocks while the peer's side is full: that is how a slow reader slows the writer down.
+    /// With a `deadline`, throws `TimeoutError` if the peer makes no room in time; meant for
+    /// short messages (a control line), to which a peer that never reads must not hold us.
+    public func write(_ bytes: UnsafeRawBufferPointer, deadline: ContinuousClock.Instant? = nil) throws {
+        // With a deadline, each `send` takes only what fits (MSG_DONTWAIT) and we wait for room
+        // in `poll`, which has the deadline; a blocking `send` would wait for all of it.
+        let flags = deadline == nil ? sendFlags : sendFlags | dontWait
         var sent = 0
         while sent < bytes.count {
-            sent += try systemCall("write to \(peer)") {
-                send(fd, bytes.baseAddress! + sent, bytes.count - sent, sendFlags)
+            if let deadline {
+                try waitUntil(fd, events: Int16(POLLOUT), deadline: deadline, waitingFor: "\(peer) to read what we send")
+            }
+            do {
+                sent += try systemCall("write to \(peer)") { send(fd, bytes.baseAddress! + sent, bytes.count - sent, flags) }
+            } catch let error as SocketError where error.code == EAGAIN || error.code == EWOULDBLOCK {
+                continue  // full again before we got in: back to waiting for room
             }
         }
     }
 
-    public func write(_ bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { try write($0) }
+    public func write(_ bytes: [UInt8], deadline: ContinuousClock.Instant? = nil) throws {
+        try bytes.withUnsafeBytes { try write($0, deadline: deadline) }
     }
 
-    public func write(_ text: String) throws {
-        try write(Array(text.utf8))
+    public func write(_ text: String, deadline: ContinuousClock.Instant? = nil) throws {
+        try write(Array(text.utf8), deadline: deadline)
     }
 
     /// Half-close (`shutdown(2)` with SHUT_WR): tells the peer "I have finished sending"
@@ -117,6 +135,14 @@ public final class Connection: Sendable, CustomStringConvertible {
         _ = shutdown(fd, shutBoth)
     }
 
+    /// Makes `close()` reset the connection (`SO_LINGER` with a zero timeout): the peer gets
+    /// RST instead of FIN, so it learns at once that this connection failed rather than
+    /// ended, and a peer blocked writing to us is woken with an error instead of waiting.
+    public func resetWhenClosed() {
+        var option = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
+    }
+
     /// Releases the descriptor (`close(2)`), once: later calls do nothing.
     /// Not retried on EINTR: on Linux the descriptor is released even then, and a retry
     /// could close a descriptor that another thread has just been given.
@@ -131,13 +157,16 @@ public final class Connection: Sendable, CustomStringConvertible {
 }
 
 /// Blocks in `poll(2)` until `fd` is ready for `events`, or throws `TimeoutError` at `deadline`.
+/// (Not through `systemCall`: after EINTR the wait must be recomputed, not repeated in full.)
 func waitUntil(_ fd: Int32, events: Int16, deadline: ContinuousClock.Instant, waitingFor: String) throws {
     while true {
         let remaining = ContinuousClock.now.duration(to: deadline)
         let milliseconds = max(0, Int32(clamping: remaining.components.seconds * 1000
                 + (remaining.components.attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000))
         var entry = pollfd(fd: fd, events: events, revents: 0)
-        if try systemCall("poll", { poll(&entry, 1, milliseconds) }) > 0 { return }
-        if remaining <= .zero { throw TimeoutError(waitingFor: waitingFor) }
+        let ready = poll(&entry, 1, milliseconds)
+        if ready > 0 { return }
+        if ready == -1 && errno != EINTR { throw SocketError(call: "poll", code: errno) }
+        if ready == 0 && remaining <= .zero { throw TimeoutError(waitingFor: waitingFor) }
     }
 }

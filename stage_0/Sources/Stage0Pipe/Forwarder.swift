@@ -44,7 +44,8 @@ public struct Forwarder: Sendable {
 
     /// Accepts on `listener` until `stop` is signalled. Each connection gets its own thread,
     /// which dials the target and joins the two; the accept loop never waits on any of them.
-    /// Connections already joined keep going after `stop`, until their peers finish.
+    /// Connections already joined keep going after `stop`, until their peers finish (in this
+    /// process: the executable exits on Ctrl-C, which ends them all).
     public func run(_ listener: Listener, stop: StopSignal) {
         events(.started(listening: listener.endpoint, target: target))
         listener.acceptEach(unless: stop, onError: { events(.acceptFailed("\($0)")) }) { client in

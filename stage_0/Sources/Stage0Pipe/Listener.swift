@@ -14,7 +14,9 @@ public final class Listener: Sendable {
     public let endpoint: Endpoint
 
     /// Binds and listens on `endpoint` (`socket(2)`, `setsockopt(2)`, `bind(2)`, `listen(2)`).
-    public init(on endpoint: Endpoint, backlog: Int32 = 128) throws {
+    /// `backlog` is how many connections the kernel queues before we accept them; a burst
+    /// larger than that is slowed down by retransmitted SYNs.
+    public init(on endpoint: Endpoint, backlog: Int32 = 1024) throws {
         guard let address = try endpoint.resolve(passive: true).first else {
             throw ResolveError(host: endpoint.host, message: "no addresses")
         }
@@ -49,8 +51,14 @@ public final class Listener: Sendable {
             let client = try systemCall("accept on \(endpoint)") { systemAccept(fd) }
             do {
                 return try Connection(fd: client)
-            } catch let error as SocketError where error.code == ENOTCONN {
-                continue  // the client hung up before we could ask who it was: nobody to serve
+            } catch let error as SocketError where [ENOTCONN, EINVAL, ECONNABORTED].contains(error.code) {
+                // The client hung up before we could ask who it was (Linux says ENOTCONN,
+                // macOS EINVAL): nobody to serve.
+                _ = systemClose(client)
+                continue
+            } catch {
+                _ = systemClose(client)
+                throw error
             }
         }
     }

@@ -7,13 +7,15 @@
 
     /// `SOCK_STREAM`: Glibc imports it as an enum, Darwin as an Int32.
     let streamSocketType = Int32(SOCK_STREAM.rawValue)
-    /// `SHUT_WR` / `SHUT_RDWR` for `shutdown(2)`: enums on Glibc.
+    /// `SHUT_WR` / `SHUT_RDWR` for `shutdown(2)`: Int on Glibc, Int32 on Darwin.
     let shutWrite = Int32(SHUT_WR)
     let shutBoth = Int32(SHUT_RDWR)
     /// `POLLIN` for `poll(2)`: an Int32 on Glibc, as on Darwin.
     let pollIn = Int16(POLLIN)
     /// Linux: ask `send(2)` not to raise SIGPIPE when the peer has gone (MSG_NOSIGNAL).
     let sendFlags = Int32(MSG_NOSIGNAL)
+    /// `send(2)` just this once without blocking (MSG_DONTWAIT): the same on both systems.
+    let dontWait = Int32(MSG_DONTWAIT)
     /// Linux needs no per-socket setting: `sendFlags` covers SIGPIPE.
     func disableSigPipe(_ fd: Int32) {}
     /// `close(2)`; named here because types with a `close()` method hide the C function.
@@ -35,6 +37,7 @@
     let pollIn = Int16(POLLIN)
     /// macOS has no MSG_NOSIGNAL: SO_NOSIGPIPE on each socket does the same job.
     let sendFlags: Int32 = 0
+    let dontWait = MSG_DONTWAIT
     func disableSigPipe(_ fd: Int32) {
         var on: Int32 = 1
         _ = setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &on, socklen_t(MemoryLayout<Int32>.size))
@@ -46,4 +49,6 @@
     /// `accept(2)`; named here for the same reason as `close`.
     func systemAccept(_ fd: Int32) -> Int32 { Darwin.accept(fd, nil, nil) }
     public let openDescriptorsDirectory = "/dev/fd"
+#else
+    #error("ngrok-- in Swift builds on Linux (Glibc) and macOS (Darwin) only")
 #endif

@@ -22,6 +22,7 @@ public struct SocketError: Error, CustomStringConvertible, Sendable {
 
 /// A wait ran past its deadline: no data (or no connection) arrived in time.
 public struct TimeoutError: Error, CustomStringConvertible, Sendable {
+    /// What did not happen in time: "data from 127.0.0.1:5000", "connect 127.0.0.1:8000", …
     public let waitingFor: String
     public var description: String { "timed out waiting for \(waitingFor)" }
 }

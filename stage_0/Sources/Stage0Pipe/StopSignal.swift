@@ -36,7 +36,7 @@ public final class StopSignal: Sendable {
         (try? waitUntil(readFD, events: pollIn, deadline: .now + timeout, waitingFor: "stop")) != nil
     }
 
-    /// Stops on Ctrl-C (SIGINT) or `kill` (SIGTERM), calling `then` once on a dispatch queue.
+    /// Stops on Ctrl-C (SIGINT) or `kill` (SIGTERM), calling `then` on a dispatch queue just before stopping.
     /// The signals are handled by a DispatchSource rather than a C signal handler, because
     /// almost nothing is safe to do inside a C signal handler.
     public func stopOnInterrupt(then: @escaping @Sendable () -> Void = {}) {
@@ -46,8 +46,8 @@ public final class StopSignal: Sendable {
             // The handler holds on to its own source, so the source lives as long as the process.
             source.setEventHandler { [self] in
                 _ = source
+                then()  // first, so its last words are written before the process can exit
                 stop()
-                then()
             }
             source.resume()
         }

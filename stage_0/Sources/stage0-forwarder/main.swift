@@ -25,12 +25,7 @@ let (listenOn, target) = tool.parse { arguments in
     return (listenOn, try parseEndpoint(rest[0], what: "the target"))
 }
 
-let listener: Listener
-do {
-    listener = try Listener(on: listenOn)
-} catch {
-    tool.fail("\(error) — is another program using that port?")
-}
+let listener = tool.listen { try Listener(on: listenOn) }
 
 let stop = StopSignal()
 stop.stopOnInterrupt { tool.log("stopping") }

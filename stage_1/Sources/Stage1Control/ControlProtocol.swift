@@ -61,7 +61,9 @@ public enum ProtocolError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .notText: "the line is not UTF-8 text"
-        case .unknownCommand(let line): "unknown command \"\(line.prefix(80))\""
+        // debugDescription quotes the text and escapes control characters, so a peer cannot
+        // write terminal escapes or NUL bytes into our log.
+        case .unknownCommand(let line): "unknown command \(String(line.prefix(80)).debugDescription)"
         }
     }
 

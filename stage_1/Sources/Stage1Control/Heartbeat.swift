@@ -18,6 +18,17 @@ public struct Heartbeat: Sendable {
 
     /// Ping every 5 s; give up after 15 s of silence, three missed answers.
     public static let standard = Heartbeat(interval: .seconds(5), timeout: .seconds(15))
+
+    /// A client's `--interval` and `--timeout` flags. The timeout must be longer than the
+    /// interval: otherwise a healthy server is given up on before it is even asked.
+    public static func fromFlags(_ arguments: inout Arguments) throws -> Heartbeat {
+        let heartbeat = Heartbeat(interval: try arguments.duration("--interval", default: standard.interval),
+                                  timeout: try arguments.duration("--timeout", default: standard.timeout))
+        guard heartbeat.timeout > heartbeat.interval else {
+            throw UsageError("--timeout (\(heartbeat.timeout)) must be longer than --interval (\(heartbeat.interval))")
+        }
+        return heartbeat
+    }
 }
 
 /// How a client's control connection ended, when it ended without an error.
@@ -40,7 +51,7 @@ public func runClientHeartbeat(
     var lastHeard = clock.now
     while true {
         if clock.now >= nextPing {
-            try reader.connection.write(ClientMessage.ping.encoded)
+            try reader.connection.write(ClientMessage.ping.encoded, deadline: lastHeard + heartbeat.timeout)
             nextPing = clock.now + heartbeat.interval
         }
         let giveUp = lastHeard + heartbeat.timeout
@@ -71,6 +82,8 @@ extension Tool {
             }
         } catch let error as SocketError where error.code == ECONNREFUSED {
             fail("\(error) — is the server running?")
+        } catch let error as ProtocolError {
+            fail("the server sent a line that is not this protocol (\(error)) — is \(server) a tunnel server?")
         } catch {
             fail("\(error)")
         }

@@ -36,15 +36,16 @@ public final class LineReader {
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
             if let newline = buffered[searched...].firstIndex(of: UInt8(ascii: "\n")) {
-                guard newline <= maxLineLength else { throw LineTooLongError(limit: maxLineLength) }
                 var line = Array(buffered[..<newline])
                 buffered.removeFirst(newline + 1)
                 searched = 0
                 if line.last == UInt8(ascii: "\r") { line.removeLast() }
+                guard line.count <= maxLineLength else { throw LineTooLongError(limit: maxLineLength) }
                 return line
             }
             searched = buffered.count
-            guard buffered.count <= maxLineLength else { throw LineTooLongError(limit: maxLineLength) }
+            // +1: room for the `\r` of a line that is exactly at the limit.
+            guard buffered.count <= maxLineLength + 1 else { throw LineTooLongError(limit: maxLineLength) }
             let count = try chunk.withUnsafeMutableBytes { try connection.read(into: $0, deadline: deadline) }
             if count == 0 { return nil }  // a partial line at the end of the stream is dropped
             buffered += chunk[..<count]

@@ -21,9 +21,7 @@ let tool = Tool(
 
 let (server, heartbeat) = tool.parse { arguments in
     let server = try arguments.endpoint("--server", default: Endpoint(host: "127.0.0.1", port: 60623))
-    let heartbeat = Heartbeat(
-        interval: try arguments.duration("--interval", default: Heartbeat.standard.interval),
-        timeout: try arguments.duration("--timeout", default: Heartbeat.standard.timeout))
+    let heartbeat = try Heartbeat.fromFlags(&arguments)
     guard try arguments.positionals().isEmpty else { throw UsageError("stage1-client takes no addresses; use --server") }
     return (server, heartbeat)
 }

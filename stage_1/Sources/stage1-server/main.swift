@@ -25,12 +25,7 @@ let (listenOn, timeout) = tool.parse { arguments in
     return (listenOn, timeout)
 }
 
-let listener: Listener
-do {
-    listener = try Listener(on: listenOn)
-} catch {
-    tool.fail("\(error) — is another server using that port?")
-}
+let listener = tool.listen { try Listener(on: listenOn) }
 let stop = StopSignal()
 stop.stopOnInterrupt { tool.log("stopping") }
 ControlServer(timeout: timeout) { tool.log($0.description) }.run(listener, stop: stop)

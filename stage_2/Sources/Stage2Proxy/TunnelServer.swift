@@ -39,14 +39,20 @@ public struct TunnelListeners: Sendable {
 /// threads write `create_proxy`: writes take turns under a lock, so lines never interleave.
 final class ControlChannel: Sendable {
     let connection: Connection
+    /// How long a line may wait for the client to make room: a client that stops reading its
+    /// control connection must not block, under the lock, every user thread that writes to it.
+    let sendTimeout: Duration
     private let sending = Mutex<Void>(())
     /// Set when a newer client takes this one's place, so its log line can say so.
     let wasReplaced = Atomic<Bool>(false)
 
-    init(_ connection: Connection) { self.connection = connection }
+    init(_ connection: Connection, sendTimeout: Duration) {
+        self.connection = connection
+        self.sendTimeout = sendTimeout
+    }
 
     func send(_ message: ServerMessage) throws {
-        try sending.withLock { _ in try connection.write(message.encoded) }
+        try sending.withLock { _ in try connection.write(message.encoded, deadline: .now + sendTimeout) }
     }
 }
 
@@ -99,7 +105,7 @@ public final class TunnelServer: Sendable {
     // MARK: Step 1: the control connection
 
     func serveControl(_ connection: Connection, stop: StopSignal) {
-        let channel = ControlChannel(connection)
+        let channel = ControlChannel(connection, sendTimeout: heartbeatTimeout)
         let peer = connection.peer
         controlConnections.withLock { $0[ObjectIdentifier(connection)] = connection }
         defer { controlConnections.withLock { $0[ObjectIdentifier(connection)] = nil } }
@@ -125,7 +131,7 @@ public final class TunnelServer: Sendable {
                     events(.controlRejected(client: peer, reason: "\(error)"))
                 }
             }
-        } catch is TimeoutError {
+        } catch let error as TimeoutError where error.waitingFor.hasPrefix("data") {
             reason = "silent for \(heartbeatTimeout), longer than the heartbeat timeout"
         } catch {
             reason = "\(error)"

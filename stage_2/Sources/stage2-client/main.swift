@@ -25,9 +25,7 @@ let tool = Tool(
 let (control, proxy, heartbeat) = tool.parse { arguments in
     let controlPort = try arguments.port("--control-port", default: 60623)
     let proxyPort = try arguments.port("--proxy-port", default: 60625)
-    let heartbeat = Heartbeat(
-        interval: try arguments.duration("--interval", default: Heartbeat.standard.interval),
-        timeout: try arguments.duration("--timeout", default: Heartbeat.standard.timeout))
+    let heartbeat = try Heartbeat.fromFlags(&arguments)
     let rest = try arguments.positionals()
     guard rest.count <= 1 else { throw UsageError("expected at most one server host, got \(rest.count) words") }
     let host = rest.first ?? "127.0.0.1"

@@ -34,11 +34,8 @@ let (listenHost, ports, heartbeatTimeout, proxyTimeout) = tool.parse { arguments
     return (host, ports, heartbeatTimeout, proxyTimeout)
 }
 
-let listeners: TunnelListeners
-do {
-    listeners = try TunnelListeners(host: listenHost, controlPort: ports.0, publicPort: ports.1, proxyPort: ports.2)
-} catch {
-    tool.fail("\(error) — is another server using that port?")
+let listeners = tool.listen {
+    try TunnelListeners(host: listenHost, controlPort: ports.0, publicPort: ports.1, proxyPort: ports.2)
 }
 let stop = StopSignal()
 stop.stopOnInterrupt { tool.log("stopping") }

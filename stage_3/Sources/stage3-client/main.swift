@@ -31,9 +31,7 @@ let settings = tool.parse { arguments in
     let controlPort = try arguments.port("--control-port", default: 60623)
     let proxyPort = try arguments.port("--proxy-port", default: 60625)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
-    let heartbeat = Heartbeat(
-        interval: try arguments.duration("--interval", default: Heartbeat.standard.interval),
-        timeout: try arguments.duration("--timeout", default: Heartbeat.standard.timeout))
+    let heartbeat = try Heartbeat.fromFlags(&arguments)
     let rest = try arguments.positionals()
     guard (1...2).contains(rest.count) else {
         throw UsageError("expected the local app's host:port and, optionally, the server's host")

@@ -36,11 +36,8 @@ let (listenHost, ports, secret, heartbeatTimeout, proxyTimeout) = tool.parse { a
     return (host, ports, secret, heartbeatTimeout, proxyTimeout)
 }
 
-let listeners: TunnelListeners
-do {
-    listeners = try TunnelListeners(host: listenHost, controlPort: ports.0, publicPort: ports.1, proxyPort: ports.2)
-} catch {
-    tool.fail("\(error) — is another server using that port?")
+let listeners = tool.listen {
+    try TunnelListeners(host: listenHost, controlPort: ports.0, publicPort: ports.1, proxyPort: ports.2)
 }
 if secret.value == nil { tool.log("no secret set: any client that reaches the control port can register") }
 let stop = StopSignal()
