@@ -31,9 +31,6 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
         host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 
-    /// The same host on another port (a server's three listeners share one host).
-    public func with(port: UInt16) -> Endpoint { Endpoint(host: host, port: port) }
-
     /// Resolves the host with `getaddrinfo(3)` into socket addresses to try in order.
     /// `passive` asks for addresses to listen on rather than to connect to.
     func resolve(passive: Bool) throws -> [SocketAddress] {

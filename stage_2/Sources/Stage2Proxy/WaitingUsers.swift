@@ -49,6 +49,4 @@ public final class WaitingUsers: Sendable {
         for user in gone { user.left.signal() }
         return gone
     }
-
-    public var count: Int { users.withLock { $0.count } }
 }
