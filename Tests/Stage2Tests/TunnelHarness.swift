@@ -63,7 +63,7 @@ struct RunningClient: Sendable {
     /// Ends the client the way a crash does: its control connection just goes away.
     func kill() {
         connection.shutdownBoth()
-        _ = thread.value()
+        #expect(thread.value(timeout: testDeadline) != nil, "the client ended")
     }
 }
 

@@ -166,7 +166,7 @@ struct FullTunnelTests {
         let server = try RunningServer3(secret: "right")
         defer { server.stop() }
         let client = RunningClient3(app: anyLoopbackPort, server: server, secret: "wrong")
-        let refusal = client.thread.value()  // returns: no retry loop
+        let refusal = try #require(client.thread.value(timeout: testDeadline), "run() returns: no retry loop")
         #expect(refusal?.reason == "wrong secret")
         #expect(server.events.wait { if case let .controlRefused(_, reason) = $0 { reason == "wrong secret" } else { false } })
 
@@ -184,6 +184,29 @@ struct FullTunnelTests {
         try raw.write("register\n")
         #expect(try raw.readLineForTest() == "closing its first line was not auth <secret>")
         #expect(try raw.readToEnd().isEmpty)
+    }
+
+    @Test("a client too slow to authenticate is dropped, not refused, so it may try again")
+    func slowAuthIsDropped() throws {
+        let server = try RunningServer3(secret: "right", authTimeout: .milliseconds(100))
+        defer { server.stop() }
+        let slow = try Connection.connect(to: server.control)
+        defer { slow.close() }
+        #expect(try slow.readToEnd().isEmpty, "closed without a `closing` line")
+        #expect(server.events.wait { if case let .controlClosed(_, reason, _) = $0 { reason.contains("no auth line") } else { false } })
+    }
+
+    @Test("a replaced client stops instead of fighting the newer one")
+    func replacedClientStops() throws {
+        let app = try RunningServer(handling: serveDemoApp)
+        defer { app.stop() }
+        let (server, first) = try startTunnel(app: app.endpoint)
+        defer { server.stop() }
+        let second = RunningClient3(app: app.endpoint, server: server)
+        defer { second.stop() }
+        let ending = try #require(first.thread.value(timeout: testDeadline), "the first client's run() returns")
+        #expect(ending?.reason.hasPrefix("replaced by a newer client") == true)
+        #expect(second.waitForRegistered())
     }
 
     @Test("the demo runs to completion and shows the app's response")

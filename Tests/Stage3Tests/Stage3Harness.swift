@@ -17,11 +17,12 @@ final class RunningServer3: Sendable {
     private let stopSignal = StopSignal()
     private let thread: BackgroundThread<Void>
 
-    init(secret: String? = nil, ports: (control: UInt16, public: UInt16, proxy: UInt16) = (0, 0, 0)) throws {
+    init(secret: String? = nil, ports: (control: UInt16, public: UInt16, proxy: UInt16) = (0, 0, 0),
+         authTimeout: Duration = .seconds(5)) throws {
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: ports.control, publicPort: ports.public,
                                             proxyPort: ports.proxy)
         (control, self.public, proxy) = (listeners.control.endpoint, listeners.public.endpoint, listeners.proxy.endpoint)
-        let server = TunnelServer(proxyTimeout: .seconds(10), admit: SharedSecret(secret).check(timeout: .seconds(5)),
+        let server = TunnelServer(proxyTimeout: .seconds(10), admit: SharedSecret(secret).check(timeout: authTimeout),
                                   events: events.handler)
         thread = BackgroundThread("stage 3 server") { [stopSignal] in server.run(listeners, stop: stopSignal) }
     }
@@ -65,7 +66,7 @@ final class RunningClient3: Sendable {
 
     func stop() {
         client.stop()
-        _ = thread.value()
+        #expect(thread.value(timeout: testDeadline) != nil, "the client stopped")
     }
 }
 

@@ -31,6 +31,19 @@ public final class BackgroundThread<Result: Sendable>: Sendable {
         finished.signal()  // let a second caller through too
         return result.withLock { $0! }
     }
+
+    /// Like `value()`, but gives up after `timeout` and returns nil (tests use it not to hang).
+    public func value(timeout: Duration) -> Result? {
+        guard finished.wait(timeout: .now() + dispatchInterval(timeout)) == .success else { return nil }
+        finished.signal()
+        return result.withLock { $0! }
+    }
+}
+
+/// `Duration` as Dispatch's time interval, for waiting on a `DispatchSemaphore`.
+public func dispatchInterval(_ duration: Duration) -> DispatchTimeInterval {
+    let (seconds, attoseconds) = duration.components
+    return .nanoseconds(Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
 }
 
 /// Runs `body` on a new thread that nobody waits for (a connection handler).

@@ -37,12 +37,17 @@ public struct TunnelListeners: Sendable {
 
 /// A client's control connection. The client's own thread writes `pong` on it while users'
 /// threads write `create_proxy`: writes take turns under a lock, so lines never interleave.
+///
+/// The same lock guards closing. Once a descriptor is closed, the kernel gives its number to
+/// the next socket opened, perhaps a stranger's connection to the public port; a user thread
+/// that wrote `create_proxy <id>` to the old number would hand that stranger a live id. So
+/// `close()` waits for the writer in progress, and every later `send` fails instead.
 final class ControlChannel: Sendable {
     let connection: Connection
-    /// How long a line may wait for the client to make room: a client that stops reading its
-    /// control connection must not block, under the lock, every user thread that writes to it.
+    /// How long a line may wait for the client to make room.
     let sendTimeout: Duration
-    private let sending = Mutex<Void>(())
+    /// True once closed; held while writing.
+    private let closed = Mutex<Bool>(false)
     /// Set when a newer client takes this one's place, so its log line can say so.
     let wasReplaced = Atomic<Bool>(false)
 
@@ -52,8 +57,35 @@ final class ControlChannel: Sendable {
     }
 
     func send(_ message: ServerMessage) throws {
-        try sending.withLock { _ in try connection.write(message.encoded, deadline: .now + sendTimeout) }
+        try closed.withLock { closed in
+            guard !closed else { throw SocketError(call: "write to \(connection.peer)", code: ENOTCONN) }
+            do {
+                try connection.write(message.encoded, deadline: .now + sendTimeout)
+            } catch {
+                // A client that stopped reading is gone for our purposes: end the connection, so
+                // the users queued behind this lock fail at once instead of each timing out.
+                connection.shutdownBoth()
+                throw error
+            }
+        }
     }
+
+    /// Closes the connection once no one is writing to it; later sends fail.
+    func close() {
+        closed.withLock { closed in
+            closed = true
+            connection.close()
+        }
+    }
+}
+
+/// What `TunnelServer.admit` decides about a new control connection.
+public enum Admission: Sendable, Equatable {
+    case admitted
+    /// Told `closing <reason>`: trying again would not help (a wrong secret, say).
+    case refused(String)
+    /// Closed without a word: a passing failure (too slow, hung up), so a retry may work.
+    case dropped(String)
 }
 
 /// The tunnel server: accepts on three listeners, pairs users with proxy connections by id.
@@ -63,9 +95,9 @@ public final class TunnelServer: Sendable {
     /// How long a user waits for its proxy connection, and a proxy connection for its id line.
     public let proxyTimeout: Duration
     public let events: @Sendable (TunnelServerEvent) -> Void
-    /// Runs first on every control connection, and returns why it is refused (nil: admitted).
-    /// A refused client is told with `closing <reason>`. Stage 3 checks a shared secret here.
-    public let admit: @Sendable (LineReader) -> String?
+    /// Runs first on every control connection and decides whether it may go on.
+    /// Stage 3 checks a shared secret here.
+    public let admit: @Sendable (LineReader) -> Admission
 
     /// The registered client. The newest to send `register` wins; the one it replaces is told
     /// and closed. (The alternative, refusing newcomers while a client is registered, would
@@ -76,7 +108,7 @@ public final class TunnelServer: Sendable {
     private let controlConnections = Mutex<[ObjectIdentifier: Connection]>([:])
 
     public init(heartbeatTimeout: Duration = Heartbeat.standard.timeout, proxyTimeout: Duration = .seconds(10),
-                admit: @escaping @Sendable (LineReader) -> String? = { _ in nil },
+                admit: @escaping @Sendable (LineReader) -> Admission = { _ in .admitted },
                 events: @escaping @Sendable (TunnelServerEvent) -> Void) {
         self.heartbeatTimeout = heartbeatTimeout
         self.proxyTimeout = proxyTimeout
@@ -92,14 +124,20 @@ public final class TunnelServer: Sendable {
                           proxy: listeners.proxy.endpoint))
         let others = [
             BackgroundThread("accept control") {
-                listeners.control.acceptEach(unless: stop) { self.serveControl($0, stop: stop) }
+                self.acceptEach(on: listeners.control, stop: stop) { self.serveControl($0, stop: stop) }
             },
-            BackgroundThread("accept users") { listeners.public.acceptEach(unless: stop) { self.serveUser($0) } },
+            BackgroundThread("accept users") { self.acceptEach(on: listeners.public, stop: stop, self.serveUser) },
         ]
-        listeners.proxy.acceptEach(unless: stop) { self.serveProxy($0) }
+        acceptEach(on: listeners.proxy, stop: stop, serveProxy)
         for thread in others { thread.value() }
         for listener in [listeners.control, listeners.public, listeners.proxy] { listener.close() }
-        for connection in controlConnections.withLock({ Array($0.values) }) { connection.shutdownBoth() }
+        // Under the lock, so none of these is closed (and its number reused) while we shut it down.
+        controlConnections.withLock { for connection in $0.values { connection.shutdownBoth() } }
+    }
+
+    private func acceptEach(on listener: Listener, stop: StopSignal, _ serve: @escaping @Sendable (Connection) -> Void) {
+        let endpoint = listener.endpoint
+        listener.acceptEach(unless: stop, onError: { self.events(.acceptFailed(on: endpoint, error: "\($0)")) }, serve)
     }
 
     // MARK: Step 1: the control connection
@@ -108,14 +146,21 @@ public final class TunnelServer: Sendable {
         let channel = ControlChannel(connection, sendTimeout: heartbeatTimeout)
         let peer = connection.peer
         controlConnections.withLock { $0[ObjectIdentifier(connection)] = connection }
-        defer { controlConnections.withLock { $0[ObjectIdentifier(connection)] = nil } }
+        defer {
+            controlConnections.withLock { $0[ObjectIdentifier(connection)] = nil }
+            channel.close()
+        }
         if stop.isStopped { connection.shutdownBoth() }  // accepted just as the server stopped
         events(.controlOpened(client: peer))
         let reader = LineReader(connection)
-        if let refusal = admit(reader) {
-            try? channel.send(.closing(refusal))
-            connection.close()
-            return events(.controlRefused(client: peer, reason: refusal))
+        switch admit(reader) {
+        case .admitted:
+            break
+        case .refused(let reason):
+            try? channel.send(.closing(reason))
+            return events(.controlRefused(client: peer, reason: reason))
+        case .dropped(let reason):
+            return events(.controlClosed(client: peer, reason: reason, releasedUsers: 0))
         }
         var reason = "the client closed it"
         do {
@@ -138,14 +183,10 @@ public final class TunnelServer: Sendable {
         }
         // This client is gone: forget it (unless a newer one already replaced it), and release
         // the users still waiting for its proxy connections; they would wait in vain.
-        let wasReplaced = client.withLock { current in
-            if current === channel { current = nil }
-            return current != nil && current !== channel && channel.wasReplaced.load(ordering: .acquiring)
-        }
-        if wasReplaced { reason = "replaced by a newer client" }
+        client.withLock { if $0 === channel { $0 = nil } }
+        if channel.wasReplaced.load(ordering: .acquiring) { reason = "replaced by a newer client" }
         let released = waiting.takeAll(askedOver: connection)
         for user in released { user.connection.close() }
-        connection.close()
         events(.controlClosed(client: peer, reason: reason, releasedUsers: released.count))
     }
 
@@ -159,10 +200,10 @@ public final class TunnelServer: Sendable {
         try channel.send(.registered)
         events(.registered(client: channel.connection.peer))
         if let previous, previous !== channel {
+            events(.replaced(old: previous.connection.peer, new: channel.connection.peer))
             previous.wasReplaced.store(true, ordering: .releasing)
             try? previous.send(.closing("replaced by a newer client, \(channel.connection.peer)"))
             previous.connection.shutdownBoth()  // its thread wakes up, cleans up and closes it
-            events(.replaced(old: previous.connection.peer, new: channel.connection.peer))
         }
     }
 
@@ -224,20 +265,15 @@ public final class TunnelServer: Sendable {
         } catch {
             user.connection.close()
             proxy.close()
-            return events(.userFinished(user: user.connection.peer, sent: 0, received: 0))
+            return events(.userFinished(user: user.connection.peer, sent: 0, received: 0, error: "\(error)"))
         }
         let result = join(user.connection, proxy)
-        events(.userFinished(user: user.connection.peer, sent: result.forward, received: early.count + result.backward))
+        events(.userFinished(user: user.connection.peer, sent: result.forward, received: early.count + result.backward,
+                             error: result.error.map { "\($0)" }))
     }
 
     private func reject(_ proxy: Connection, _ reason: String) {
         proxy.close()
         events(.proxyRejected(proxy: proxy.peer, reason: reason))
     }
-}
-
-/// `Duration` as Dispatch's time interval.
-func dispatchInterval(_ duration: Duration) -> DispatchTimeInterval {
-    let (seconds, attoseconds) = duration.components
-    return .nanoseconds(Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
 }

@@ -5,6 +5,7 @@ import Stage0Pipe
 
 public enum TunnelServerEvent: Sendable, CustomStringConvertible {
     case listening(control: Endpoint, public: Endpoint, proxy: Endpoint)
+    case acceptFailed(on: Endpoint, error: String)
     case controlOpened(client: Endpoint)
     case registered(client: Endpoint)
     case replaced(old: Endpoint, new: Endpoint)
@@ -18,12 +19,14 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
     case userTimedOut(user: Endpoint, after: Duration)
     case proxyMatched(proxy: Endpoint, user: Endpoint)
     case proxyRejected(proxy: Endpoint, reason: String)
-    case userFinished(user: Endpoint, sent: Int, received: Int)
+    case userFinished(user: Endpoint, sent: Int, received: Int, error: String?)
 
     public var description: String {
         switch self {
         case let .listening(control, `public`, proxy):
             "listening: control \(control) (step 1), public \(`public`) (step 2), proxy \(proxy) (step 4)"
+        case let .acceptFailed(endpoint, error):
+            "accept on \(endpoint) failed: \(error); still listening"
         case .controlOpened(let client):
             "[1] control connection opened by \(client)"
         case .registered(let client):
@@ -51,8 +54,9 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
             "[4] proxy connection from \(proxy) matched user \(user); joining them"
         case let .proxyRejected(proxy, reason):
             "[4] proxy connection from \(proxy) closed: \(reason)"
-        case let .userFinished(user, sent, received):
+        case let .userFinished(user, sent, received, error):
             "[5] user \(user) finished: sent \(sent) bytes, received \(received) bytes"
+                + (error.map { " (cut short: \($0))" } ?? "")
         }
     }
 }

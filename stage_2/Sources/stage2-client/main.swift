@@ -13,7 +13,8 @@ let tool = Tool(
 
         Opens a control connection to the server (default 127.0.0.1), registers, and for
         every user the server announces opens a proxy connection that echoes the user's
-        bytes back. Exits 0 when the server closes the connection, 1 on failure.
+        bytes back. Exits 0 when the server closes the connection, 1 on failure or when a
+        newer client replaces this one.
 
           --control-port N     the server's control port (default 60623)
           --proxy-port N       the server's proxy port (default 60625)

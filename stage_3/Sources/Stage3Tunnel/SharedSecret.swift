@@ -5,6 +5,7 @@
 
 import Stage0Pipe
 import Stage1Control
+import Stage2Proxy
 
 /// The secret a client must present, if the server has one.
 public struct SharedSecret: Sendable {
@@ -29,18 +30,21 @@ public struct SharedSecret: Sendable {
     }
 
     /// The server's check, for `TunnelServer`'s `admit`: the first line must be `auth` with the
-    /// right secret and arrive within `timeout`. Returns why the client is refused, or nil.
-    public func check(timeout: Duration) -> @Sendable (LineReader) -> String? {
+    /// right secret and arrive within `timeout`. A wrong secret or a wrong first line is refused
+    /// (the client is told, and stops); a client too slow or gone is only dropped (it may retry).
+    public func check(timeout: Duration) -> @Sendable (LineReader) -> Admission {
         { reader in
             do {
-                guard let line = try reader.readLine(deadline: .now + timeout) else { return "it closed before authenticating" }
-                guard line.starts(with: Array("auth".utf8)) && (line.count == 4 || line[4] == UInt8(ascii: " ")) else {
-                    return "its first line was not auth <secret>"
+                guard let line = try reader.readLine(deadline: .now + timeout) else {
+                    return .dropped("it closed before authenticating")
                 }
-                guard let value else { return nil }
-                return constantTimeEquals(Array(line.dropFirst(5)), Array(value.utf8)) ? nil : "wrong secret"
+                guard line.starts(with: Array("auth".utf8)) && (line.count == 4 || line[4] == UInt8(ascii: " ")) else {
+                    return .refused("its first line was not auth <secret>")
+                }
+                guard let value else { return .admitted }
+                return constantTimeEquals(Array(line.dropFirst(5)), Array(value.utf8)) ? .admitted : .refused("wrong secret")
             } catch {
-                return "\(error)"
+                return .dropped("no auth line: \(error)")
             }
         }
     }

@@ -72,7 +72,9 @@ public final class TunnelClient: Sendable {
     /// Stops `run()` and closes every connection the client has open.
     public func stop() {
         stopSignal.stop()
-        for connection in open.withLock({ Array($0.values) }) { connection.shutdownBoth() }
+        // Under the lock: `release` closes a connection only after taking it out of `open`, so
+        // none of these can be closed, and its descriptor number reused, while we shut it down.
+        open.withLock { for connection in $0.values { connection.shutdownBoth() } }
     }
 
     /// Step 1: authenticate, register, keep the heartbeat, and answer `create_proxy`.
@@ -104,8 +106,13 @@ public final class TunnelClient: Sendable {
         let proxy: Connection
         do {
             proxy = try connect(settings.proxy)
+        } catch {
+            return events(.proxyFailed(user: user, error: "\(error)"))
+        }
+        do {
             try proxy.write(ClientMessage.proxy(id).encoded)
         } catch {
+            release(proxy)
             return events(.proxyFailed(user: user, error: "\(error)"))
         }
         events(.proxyOpened(user: user, local: proxy.local))
@@ -122,7 +129,8 @@ public final class TunnelClient: Sendable {
         let result = join(proxy, app)
         release(proxy)
         release(app)
-        events(.userFinished(user: user, sent: result.forward, received: result.backward))
+        events(.userFinished(user: user, sent: result.forward, received: result.backward,
+                             error: result.error.map { "\($0)" }))
     }
 
     private func connect(_ endpoint: Endpoint, timeout: Duration = .seconds(10)) throws -> Connection {
@@ -133,8 +141,8 @@ public final class TunnelClient: Sendable {
     }
 
     private func release(_ connection: Connection) {
-        connection.close()
         open.withLock { $0[ObjectIdentifier(connection)] = nil }
+        connection.close()
     }
 }
 
@@ -151,7 +159,7 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     case proxyFailed(user: Endpoint, error: String)
     case appConnected(user: Endpoint, app: Endpoint)
     case appUnreachable(user: Endpoint, app: Endpoint, error: String)
-    case userFinished(user: Endpoint, sent: Int, received: Int)
+    case userFinished(user: Endpoint, sent: Int, received: Int, error: String?)
 
     public var description: String {
         switch self {
@@ -177,8 +185,9 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
             "[4] private connection open to local app \(app); [5] joined to user \(user)"
         case let .appUnreachable(user, app, error):
             "[4] local app \(app) unreachable: \(error) — is it running? Closed user \(user)'s connection"
-        case let .userFinished(user, sent, received):
+        case let .userFinished(user, sent, received, error):
             "[5] user \(user) finished: sent \(sent) bytes, received \(received) bytes"
+                + (error.map { " (cut short: \($0))" } ?? "")
         }
     }
 }

@@ -21,7 +21,8 @@ let tool = Tool(
           --proxy-port N            proxy connections, step 4 (default 60625)
           --secret word             clients must present it (default: $TUNNEL_SECRET, else none)
           --timeout duration        drop a client silent this long (default 15s)
-          --proxy-timeout duration  close a user whose proxy connection has not come by then (default 10s)
+          --proxy-timeout duration  close a user whose proxy connection has not come by then, and a
+                                    client that has not authenticated by then (default 10s)
           -h, --help                show this help
         """)
 
