@@ -70,6 +70,12 @@ final class ControlChannel: Sendable {
         }
     }
 
+    /// Ends the connection now, unless it is already closed; its own thread then wakes up,
+    /// cleans up and closes it.
+    func shutdown() {
+        closed.withLock { closed in if !closed { connection.shutdownBoth() } }
+    }
+
     /// Closes the connection once no one is writing to it; later sends fail.
     func close() {
         closed.withLock { closed in
@@ -203,7 +209,7 @@ public final class TunnelServer: Sendable {
             events(.replaced(old: previous.connection.peer, new: channel.connection.peer))
             previous.wasReplaced.store(true, ordering: .releasing)
             try? previous.send(.closing("replaced by a newer client, \(channel.connection.peer)"))
-            previous.connection.shutdownBoth()  // its thread wakes up, cleans up and closes it
+            previous.shutdown()
         }
     }
 
