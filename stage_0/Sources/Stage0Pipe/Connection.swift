@@ -4,8 +4,13 @@
 
 import Synchronization
 
-/// A connected TCP socket. Safe to share between the two threads of a pipe:
+/// A connected TCP socket. Safe to share between the two threads of a join:
 /// one reads while the other writes, and `close()` happens exactly once.
+///
+/// Any thread may shut a connection down, even one another thread has just closed. That is
+/// why `close` and the `shutdown` calls take turns under a lock and check `closed`: the kernel
+/// hands a freed descriptor number to the very next socket opened, so a late `shutdown(2)` on
+/// the old number would end a stranger's connection, or make someone's listener stop listening.
 public final class Connection: Sendable, CustomStringConvertible {
     /// The file descriptor. Valid until `close()`.
     public let fd: Int32
@@ -13,7 +18,9 @@ public final class Connection: Sendable, CustomStringConvertible {
     public let local: Endpoint
     /// The other end (`getpeername(2)`).
     public let peer: Endpoint
-    private let closed = Atomic<Bool>(false)
+    /// True once `close()` has run. Reads and writes do not take this lock (a connection is
+    /// only closed once the threads reading and writing it are done); shutdown and close do.
+    private let closed = Mutex<Bool>(false)
 
     /// Wraps a connected socket: turns off Nagle's algorithm and SIGPIPE, and reads both addresses.
     /// If this throws, the caller still owns `fd` and must close it.
@@ -125,14 +132,14 @@ public final class Connection: Sendable, CustomStringConvertible {
     /// (it reads 0) while we can still read its answer. Errors are ignored: a peer that
     /// has already gone needs no telling.
     public func shutdownWrite() {
-        _ = shutdown(fd, shutWrite)
+        closed.withLock { closed in if !closed { _ = shutdown(fd, shutWrite) } }
     }
 
     /// Ends both directions now (`shutdown(2)` with SHUT_RDWR) without releasing the descriptor.
     /// A thread blocked in `read` on this connection wakes up and reads 0: this is how one
     /// side of a pipe stops the other. The descriptor stays valid until `close()`.
     public func shutdownBoth() {
-        _ = shutdown(fd, shutBoth)
+        closed.withLock { closed in if !closed { _ = shutdown(fd, shutBoth) } }
     }
 
     /// Makes `close()` reset the connection (`SO_LINGER` with a zero timeout): the peer gets
@@ -147,8 +154,11 @@ public final class Connection: Sendable, CustomStringConvertible {
     /// Not retried on EINTR: on Linux the descriptor is released even then, and a retry
     /// could close a descriptor that another thread has just been given.
     public func close() {
-        if closed.exchange(true, ordering: .acquiringAndReleasing) { return }
-        _ = systemClose(fd)
+        closed.withLock { closed in
+            if closed { return }
+            closed = true
+            _ = systemClose(fd)
+        }
     }
 
     public var description: String { "\(peer)" }

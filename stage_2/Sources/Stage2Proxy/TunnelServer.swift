@@ -42,6 +42,8 @@ public struct TunnelListeners: Sendable {
 /// the next socket opened, perhaps a stranger's connection to the public port; a user thread
 /// that wrote `create_proxy <id>` to the old number would hand that stranger a live id. So
 /// `close()` waits for the writer in progress, and every later `send` fails instead.
+/// (Connection itself makes a late shutdown harmless, but not a late write: writes stay
+/// outside its lock, because joins make millions of them.)
 final class ControlChannel: Sendable {
     let connection: Connection
     /// How long a line may wait for the client to make room.
@@ -68,12 +70,6 @@ final class ControlChannel: Sendable {
                 throw error
             }
         }
-    }
-
-    /// Ends the connection now, unless it is already closed; its own thread then wakes up,
-    /// cleans up and closes it.
-    func shutdown() {
-        closed.withLock { closed in if !closed { connection.shutdownBoth() } }
     }
 
     /// Closes the connection once no one is writing to it; later sends fail.
@@ -137,8 +133,7 @@ public final class TunnelServer: Sendable {
         acceptEach(on: listeners.proxy, stop: stop, serveProxy)
         for thread in others { thread.value() }
         for listener in [listeners.control, listeners.public, listeners.proxy] { listener.close() }
-        // Under the lock, so none of these is closed (and its number reused) while we shut it down.
-        controlConnections.withLock { for connection in $0.values { connection.shutdownBoth() } }
+        for connection in controlConnections.withLock({ Array($0.values) }) { connection.shutdownBoth() }
     }
 
     private func acceptEach(on listener: Listener, stop: StopSignal, _ serve: @escaping @Sendable (Connection) -> Void) {
@@ -209,7 +204,7 @@ public final class TunnelServer: Sendable {
             events(.replaced(old: previous.connection.peer, new: channel.connection.peer))
             previous.wasReplaced.store(true, ordering: .releasing)
             try? previous.send(.closing("replaced by a newer client, \(channel.connection.peer)"))
-            previous.shutdown()
+            previous.connection.shutdownBoth()  // its thread wakes up, cleans up and closes it
         }
     }
 

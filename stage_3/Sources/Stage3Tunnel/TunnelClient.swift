@@ -72,9 +72,7 @@ public final class TunnelClient: Sendable {
     /// Stops `run()` and closes every connection the client has open.
     public func stop() {
         stopSignal.stop()
-        // Under the lock: `release` closes a connection only after taking it out of `open`, so
-        // none of these can be closed, and its descriptor number reused, while we shut it down.
-        open.withLock { for connection in $0.values { connection.shutdownBoth() } }
+        for connection in open.withLock({ Array($0.values) }) { connection.shutdownBoth() }
     }
 
     /// Step 1: authenticate, register, keep the heartbeat, and answer `create_proxy`.
