@@ -66,8 +66,8 @@ public final class Listener: Sendable {
     /// The accept loop every server here runs: accepts until `stop`, and hands each connection
     /// to `handle` on a thread of its own, so one slow connection never holds up the next.
     /// A failed accept (EMFILE: out of descriptors, say) is reported to `onError`, and after a
-    /// short pause the loop goes on: the pending connection is still queued, so retrying at
-    /// once would only spin the CPU.
+    /// short pause (which `stop` cuts short) the loop goes on: the pending connection is still
+    /// queued, so retrying at once would only spin the CPU.
     public func acceptEach(
         unless stop: StopSignal, onError: (any Error) -> Void = { _ in },
         _ handle: @escaping @Sendable (Connection) -> Void
@@ -78,7 +78,7 @@ public final class Listener: Sendable {
                 startThread("connection from \(connection.peer)") { handle(connection) }
             } catch {
                 onError(error)
-                usleep(100_000)
+                _ = stop.wait(timeout: .milliseconds(100))
             }
         }
     }
