@@ -35,11 +35,7 @@ public final class RunningServer: Sendable {
 /// An echo server: writes back everything it reads, then finishes when the client does.
 public func echoServer() throws -> RunningServer {
     try RunningServer { connection in
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 1)
-        defer { buffer.deallocate(); connection.close() }
-        while let count = try? connection.read(into: buffer), count > 0 {
-            guard (try? connection.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))) != nil else { return }
-        }
-        connection.shutdownWrite()
+        _ = copy(from: connection, to: connection)
+        connection.close()
     }
 }

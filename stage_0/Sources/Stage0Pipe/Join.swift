@@ -49,8 +49,10 @@ public func join(_ a: Connection, _ b: Connection) -> JoinResult {
     return JoinResult(forward: forward.bytes, backward: back.bytes, error: error)
 }
 
-/// One direction of a join: read from `source`, write all of it to `sink`, until `source` ends.
-func copy(from source: Connection, to sink: Connection) -> (bytes: Int, error: (any Error)?) {
+/// One direction of a join: read from `source`, write all of it to `sink`, until `source` ends;
+/// returns the bytes copied and the error that cut it short, if any.
+/// With the same connection on both sides, `copy(from: c, to: c)` is an echo.
+public func copy(from source: Connection, to sink: Connection) -> (bytes: Int, error: (any Error)?) {
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: joinBufferSize, alignment: 1)
     defer { buffer.deallocate() }
     var total = 0

@@ -76,24 +76,12 @@ public struct EchoClient: Sendable {
             defer { proxy.close() }
             try proxy.write(ClientMessage.proxy(id).encoded)
             events(.proxyOpened(id: id, local: proxy.local))
-            events(.proxyFinished(id: id, echoed: try echo(proxy)))
+            // Stage 0's copy, from the proxy connection back to itself: an echo, half-close included.
+            let echoed = copy(from: proxy, to: proxy)
+            if let error = echoed.error { throw error }
+            events(.proxyFinished(id: id, echoed: echoed.bytes))
         } catch {
             events(.proxyFailed(id: id, error: "\(error)"))
         }
     }
-}
-
-/// Writes back everything `connection` sends, until it finishes sending; returns the byte count.
-func echo(_ connection: Connection) throws -> Int {
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: joinBufferSize, alignment: 1)
-    defer { buffer.deallocate() }
-    var total = 0
-    while true {
-        let count = try connection.read(into: buffer)
-        if count == 0 { break }
-        try connection.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
-        total += count
-    }
-    connection.shutdownWrite()
-    return total
 }
