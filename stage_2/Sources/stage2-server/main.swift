@@ -2,7 +2,6 @@
 // The work is in the Stage2Proxy library (TunnelServer.swift).
 
 import Stage0Pipe
-import Stage1Control
 import Stage2Proxy
 
 let tool = Tool(
@@ -24,20 +23,14 @@ let tool = Tool(
           -h, --help                show this help
         """)
 
-let (listenHost, ports, heartbeatTimeout, proxyTimeout) = tool.parse { arguments in
-    let host = try arguments.value("--host") ?? "127.0.0.1"
-    let ports = (try arguments.port("--control-port", default: 60623), try arguments.port("--public-port", default: 60624),
-                 try arguments.port("--proxy-port", default: 60625))
-    let heartbeatTimeout = try arguments.duration("--timeout", default: Heartbeat.standard.timeout)
-    let proxyTimeout = try arguments.duration("--proxy-timeout", default: .seconds(10))
+let flags = tool.parse { arguments in
+    let flags = try ServerFlags(&arguments)
     guard try arguments.positionals().isEmpty else { throw UsageError("stage2-server takes no addresses; use --host") }
-    return (host, ports, heartbeatTimeout, proxyTimeout)
+    return flags
 }
 
-let listeners = tool.listen {
-    try TunnelListeners(host: listenHost, controlPort: ports.0, publicPort: ports.1, proxyPort: ports.2)
-}
+let listeners = tool.listen { try flags.bind() }
 let stop = StopSignal()
 stop.stopOnInterrupt { tool.log("stopping") }
-TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: proxyTimeout) { tool.log($0.description) }
+TunnelServer(heartbeatTimeout: flags.heartbeatTimeout, proxyTimeout: flags.proxyTimeout) { tool.log($0.description) }
     .run(listeners, stop: stop)

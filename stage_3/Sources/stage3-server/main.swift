@@ -2,7 +2,6 @@
 // shared-secret check in front of every control connection (Stage3Tunnel/SharedSecret.swift).
 
 import Stage0Pipe
-import Stage1Control
 import Stage2Proxy
 import Stage3Tunnel
 
@@ -26,23 +25,18 @@ let tool = Tool(
           -h, --help                show this help
         """)
 
-let (listenHost, ports, secret, heartbeatTimeout, proxyTimeout) = tool.parse { arguments in
-    let host = try arguments.value("--host") ?? "127.0.0.1"
-    let ports = (try arguments.port("--control-port", default: 60623), try arguments.port("--public-port", default: 60624),
-                 try arguments.port("--proxy-port", default: 60625))
+let (flags, secret) = tool.parse { arguments in
+    let flags = try ServerFlags(&arguments)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
-    let heartbeatTimeout = try arguments.duration("--timeout", default: Heartbeat.standard.timeout)
-    let proxyTimeout = try arguments.duration("--proxy-timeout", default: .seconds(10))
     guard try arguments.positionals().isEmpty else { throw UsageError("stage3-server takes no addresses; use --host") }
-    return (host, ports, secret, heartbeatTimeout, proxyTimeout)
+    return (flags, secret)
 }
 
-let listeners = tool.listen {
-    try TunnelListeners(host: listenHost, controlPort: ports.0, publicPort: ports.1, proxyPort: ports.2)
-}
+let listeners = tool.listen { try flags.bind() }
 if secret.value == nil { tool.log("no secret set: any client that reaches the control port can register") }
 let stop = StopSignal()
 stop.stopOnInterrupt { tool.log("stopping") }
-TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: proxyTimeout, admit: secret.check(timeout: proxyTimeout)) {
+TunnelServer(heartbeatTimeout: flags.heartbeatTimeout, proxyTimeout: flags.proxyTimeout,
+             admit: secret.check(timeout: flags.proxyTimeout)) {
     tool.log($0.description)
 }.run(listeners, stop: stop)
