@@ -111,13 +111,20 @@ public struct Tool: Sendable {
         writeLine("\(name): \(line)", to: 2)
     }
 
-    /// Makes a server's listener(s) with `bind`, or exits 1 with the reason; a port in use
-    /// gets a hint, since that is by far the most common cause.
+    /// Makes a server's listener(s) with `bind`, or exits 1 with the reason. A port in use gets
+    /// the whole story, since it is by far the most common failure: our default ports lie in
+    /// Linux's range for outgoing connections (32768-60999), so the holder is not always a
+    /// server; the kernel may have lent the port to some program's outgoing connection.
     public func listen<Listeners>(_ bind: () throws -> Listeners) -> Listeners {
         do {
             return try bind()
         } catch let error as SocketError where error.code == EADDRINUSE {
-            fail("\(error) — is another program using that port?")
+            // `call` is "bind host:port"; the port is what follows its last colon.
+            let port = error.call.split(separator: ":").last.map(String.init) ?? "PORT"
+            fail("\(error). See who holds it: ss -tanp 'sport = :\(port)' (macOS: lsof -nP -iTCP:\(port))."
+                + " LISTEN is another server: stop it. ESTAB or TIME-WAIT alone is an outgoing connection"
+                + " that the kernel gave this port to: it frees the port when it ends."
+                + " Or choose other ports: see --help")
         } catch {
             fail("\(error)")
         }

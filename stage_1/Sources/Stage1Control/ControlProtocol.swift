@@ -2,7 +2,9 @@
 // you can speak it yourself with `nc`. Byte for byte the same as ngrok--'s stage 1:
 // the client sends `ping\n`, the server answers `pong\n`.
 //
-// One enum per direction, one case per command. Stage 2 adds cases; the wire format stays.
+// One enum per direction, one case per command. Stage 2 speaks a superset (register,
+// create_proxy, proxy, closing) with enums of its own in Stage2Proxy/TunnelProtocol.swift,
+// since Swift cannot add cases to an enum from another module; the line format stays.
 
 import Stage0Pipe
 

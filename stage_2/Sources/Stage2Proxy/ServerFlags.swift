@@ -21,6 +21,14 @@ public struct ServerFlags: Sendable {
         proxyPort = try arguments.port("--proxy-port", default: proxyPort)
         heartbeatTimeout = try arguments.duration("--timeout", default: heartbeatTimeout)
         proxyTimeout = try arguments.duration("--proxy-timeout", default: proxyTimeout)
+        // Caught here rather than left to bind: its EADDRINUSE would blame "another program",
+        // when the cause is two of our own flags. Port 0 ("any free port") may repeat.
+        let ports = [("--control-port", controlPort), ("--public-port", publicPort), ("--proxy-port", proxyPort)]
+        for (index, (name, port)) in ports.enumerated() where port != 0 {
+            if let (other, _) = ports[..<index].first(where: { $0.1 == port }) {
+                throw UsageError("\(other) and \(name) are both \(port): each listener needs a port of its own")
+            }
+        }
     }
 
     /// Binds the three listeners these flags describe.
