@@ -1,5 +1,5 @@
 // The tunnel servers' shared flags: the same port given to two listeners is a usage error
-// (exit 2, naming both flags), not a bind failure that blames "another program".
+// (exit 2, naming both flags), not a bind failure that sends the learner after another holder.
 
 import Stage0Pipe
 import Stage2Proxy

@@ -21,8 +21,9 @@ public struct ServerFlags: Sendable {
         proxyPort = try arguments.port("--proxy-port", default: proxyPort)
         heartbeatTimeout = try arguments.duration("--timeout", default: heartbeatTimeout)
         proxyTimeout = try arguments.duration("--proxy-timeout", default: proxyTimeout)
-        // Caught here rather than left to bind: its EADDRINUSE would blame "another program",
-        // when the cause is two of our own flags. Port 0 ("any free port") may repeat.
+        // Caught here rather than left to bind: its EADDRINUSE would send the learner looking
+        // for whoever holds the port, when the cause is two of our own flags. Port 0 ("any
+        // free port") may repeat.
         let ports = [("--control-port", controlPort), ("--public-port", publicPort), ("--proxy-port", proxyPort)]
         for (index, (name, port)) in ports.enumerated() where port != 0 {
             if let (other, _) = ports[..<index].first(where: { $0.1 == port }) {
