@@ -7,8 +7,7 @@ import PackageDescription
 
 let package = Package(
     name: "ngrok-minus-minus",
-    // Mutex and Atomic (the Synchronization module) need macOS 15.
-    platforms: [.macOS(.v15)],
+    platforms: [.macOS(.v13)],
     targets: [
         // Stage 0: TCP sockets over POSIX, and the pipe that joins two connections.
         .target(name: "Stage0Pipe", path: "stage_0/Sources/Stage0Pipe"),

@@ -18,13 +18,15 @@ final class RunningServer3: Sendable {
     private let thread: BackgroundThread<Void>
 
     init(secret: String? = nil, ports: (control: UInt16, public: UInt16, proxy: UInt16) = (0, 0, 0),
-         authTimeout: Duration = .seconds(5)) throws {
+         authTimeout: Duration = .seconds(5), limits: ServerLimits = ServerLimits(),
+         heartbeatTimeout: Duration = Heartbeat.standard.timeout) throws {
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: ports.control, publicPort: ports.public,
                                             proxyPort: ports.proxy)
         (control, self.public, proxy) = (listeners.control.endpoint, listeners.public.endpoint, listeners.proxy.endpoint)
-        let server = TunnelServer(proxyTimeout: .seconds(10), admit: SharedSecret(secret).check(timeout: authTimeout),
+        let server = TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: .seconds(10), limits: limits,
+                                  admit: GuessLimit().guarding(SharedSecret(secret).check(timeout: authTimeout)),
                                   events: events.handler)
-        thread = BackgroundThread("stage 3 server") { [stopSignal] in server.run(listeners, stop: stopSignal) }
+        thread = try BackgroundThread("stage 3 server") { [stopSignal] in try? server.run(listeners, stop: stopSignal) }
     }
 
     /// Stops the server as if its process had exited: listeners and control connection closed.
@@ -42,13 +44,13 @@ final class RunningClient3: Sendable {
     let events = EventRecorder<TunnelClientEvent>()
     let thread: BackgroundThread<ClosedByServer?>
 
-    init(app: Endpoint, server: RunningServer3, secret: String? = nil) {
+    init(app: Endpoint, server: RunningServer3, secret: String? = nil) throws {
         var settings = TunnelClientSettings(localApp: app, control: server.control, proxy: server.proxy)
         settings.secret = SharedSecret(secret)
         settings.backoff = Backoff(initial: .milliseconds(20), maximum: .milliseconds(200))
         let client = TunnelClient(settings, events: events.handler)
         self.client = client
-        thread = BackgroundThread("tunnel client") {
+        thread = try BackgroundThread("tunnel client") {
             do throws(ClosedByServer) {
                 try client.run()
                 return nil
@@ -71,9 +73,11 @@ final class RunningClient3: Sendable {
 }
 
 /// A tunnel ready to use: a server, and a client registered with it, joining users to `app`.
-func startTunnel(app: Endpoint, secret: String? = nil) throws -> (RunningServer3, RunningClient3) {
-    let server = try RunningServer3(secret: secret)
-    let client = RunningClient3(app: app, server: server, secret: secret)
+func startTunnel(app: Endpoint, secret: String? = nil, limits: ServerLimits = ServerLimits())
+    throws -> (RunningServer3, RunningClient3)
+{
+    let server = try RunningServer3(secret: secret, limits: limits)
+    let client = try RunningClient3(app: app, server: server, secret: secret)
     #expect(client.waitForRegistered())
     return (server, client)
 }

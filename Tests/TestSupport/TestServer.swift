@@ -18,7 +18,7 @@ public final class RunningServer: Sendable {
         let stopSignal = StopSignal()
         self.endpoint = listener.endpoint
         self.stopSignal = stopSignal
-        self.thread = BackgroundThread(name) { serve(listener, stopSignal) }
+        self.thread = try BackgroundThread(name) { serve(listener, stopSignal) }
     }
 
     /// A server that gives every connection its own thread running `handle`.

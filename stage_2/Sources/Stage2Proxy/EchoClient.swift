@@ -62,7 +62,11 @@ public struct EchoClient: Sendable {
             case .registered: events(.registered(server: control.peer))
             case let .createProxy(id, user):
                 events(.proxyRequested(id: id, user: user))
-                startThread("proxy \(id.short)") { serveProxy(id) }
+                do {
+                    try startThread("proxy \(id.short)") { serveProxy(id) }
+                } catch {
+                    events(.proxyFailed(id: id, error: "\(error)"))  // the server times the user out
+                }
             case .error(let reason): events(.serverError(reason))
             case .closing(let reason): throw ClosedByServer(reason: reason)
             }

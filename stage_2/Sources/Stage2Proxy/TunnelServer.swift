@@ -4,13 +4,15 @@
 //                   step 3: the server writes `create_proxy <id>` on the control connection
 //   proxy   :60625  step 4: the client's proxy connection names the id in its first line,
 //                   and is joined to that user (step 5, with stage 0's `join`)
-// Every connection has its own thread; the only shared state is the registered client and
-// the table of waiting users, each behind its own lock.
+// Every connection has its own thread; the only shared state is the registered client, the
+// table of waiting users and the connection counts of ServerLimits.swift, each behind its lock.
+// A server on the open internet must also survive strangers: each port counts its connections
+// against limits, joined users are cut when idle or stalled, and a control connection that
+// sends junk is closed after a few lines (see ServerLimits.swift).
 
 import Dispatch
 import Stage0Pipe
 import Stage1Control
-import Synchronization
 
 /// The server's three listening sockets.
 public struct TunnelListeners: Sendable {
@@ -35,110 +37,89 @@ public struct TunnelListeners: Sendable {
     }
 }
 
-/// A client's control connection. The client's own thread writes `pong` on it while users'
-/// threads write `create_proxy`: writes take turns under a lock, so lines never interleave.
-///
-/// The same lock guards closing. Once a descriptor is closed, the kernel gives its number to
-/// the next socket opened, perhaps a stranger's connection to the public port; a user thread
-/// that wrote `create_proxy <id>` to the old number would hand that stranger a live id. So
-/// `close()` waits for the writer in progress, and every later `send` fails instead.
-/// (Connection itself makes a late shutdown harmless, but not a late write: writes stay
-/// outside its lock, because joins make millions of them.)
-final class ControlChannel: Sendable {
-    let connection: Connection
-    /// How long a line may wait for the client to make room.
-    let sendTimeout: Duration
-    /// True once closed; held while writing.
-    private let closed = Mutex<Bool>(false)
-    /// Set when a newer client takes this one's place, so its log line can say so.
-    let wasReplaced = Atomic<Bool>(false)
-
-    init(_ connection: Connection, sendTimeout: Duration) {
-        self.connection = connection
-        self.sendTimeout = sendTimeout
-    }
-
-    func send(_ message: ServerMessage) throws {
-        try closed.withLock { closed in
-            guard !closed else { throw SocketError(call: "write to \(connection.peer)", code: ENOTCONN) }
-            do {
-                try connection.write(message.encoded, deadline: .now + sendTimeout)
-            } catch {
-                // A client that stopped reading is gone for our purposes: end the connection, so
-                // the users queued behind this lock fail at once instead of each timing out.
-                connection.shutdownBoth()
-                throw error
-            }
-        }
-    }
-
-    /// Closes the connection once no one is writing to it; later sends fail.
-    func close() {
-        closed.withLock { closed in
-            closed = true
-            connection.close()
-        }
-    }
-}
-
-/// What `TunnelServer.admit` decides about a new control connection.
-public enum Admission: Sendable, Equatable {
-    case admitted
-    /// Told `closing <reason>`: trying again would not help (a wrong secret, say).
-    case refused(String)
-    /// Closed without a word: a passing failure (too slow, hung up), so a retry may work.
-    case dropped(String)
-}
-
 /// The tunnel server: accepts on three listeners, pairs users with proxy connections by id.
 public final class TunnelServer: Sendable {
     /// A control connection silent this long is closed (stage 1's heartbeat).
     public let heartbeatTimeout: Duration
     /// How long a user waits for its proxy connection, and a proxy connection for its id line.
     public let proxyTimeout: Duration
+    public let limits: ServerLimits
     public let events: @Sendable (TunnelServerEvent) -> Void
     /// Runs first on every control connection and decides whether it may go on.
-    /// Stage 3 checks a shared secret here.
+    /// Stage 3 checks a shared secret here; stage 2 lets everyone in.
     public let admit: @Sendable (LineReader) -> Admission
 
     /// The registered client. The newest to send `register` wins; the one it replaces is told
     /// and closed. (The alternative, refusing newcomers while a client is registered, would
     /// lock out a restarted client until the dead one's heartbeat ran out.)
-    private let client = Mutex<ControlChannel?>(nil)
+    private let client = Locked<ControlChannel?>(nil)
     private let waiting = WaitingUsers()
     /// Every open control connection, registered or not, so that stopping can end them all.
-    private let controlConnections = Mutex<[ObjectIdentifier: Connection]>([:])
+    private let controlConnections = Locked<[ObjectIdentifier: Connection]>([:])
+    /// Users connected, and control or proxy connections that have not yet said who they are.
+    private let users: ConnectionBudget
+    private let pending: ConnectionBudget
 
     public init(heartbeatTimeout: Duration = Heartbeat.standard.timeout, proxyTimeout: Duration = .seconds(10),
+                limits: ServerLimits = ServerLimits(),
                 admit: @escaping @Sendable (LineReader) -> Admission = { _ in .admitted },
                 events: @escaping @Sendable (TunnelServerEvent) -> Void) {
         self.heartbeatTimeout = heartbeatTimeout
         self.proxyTimeout = proxyTimeout
+        self.limits = limits
         self.admit = admit
         self.events = events
+        users = ConnectionBudget("users", total: (limits.maxUsers, "--max-users"),
+                                 perAddress: (limits.maxUsersPerAddress, "--max-users-per-address"))
+        pending = ConnectionBudget("unidentified connections", total: (limits.maxPending, "--max-pending"),
+                                   perAddress: (limits.maxPendingPerAddress, "--max-pending-per-address"))
     }
 
     /// Serves until `stop`. Then, as if the process had exited, closes the listeners and the
     /// control connection, which releases every waiting user; users already joined finish on
-    /// their own.
-    public func run(_ listeners: TunnelListeners, stop: StopSignal) {
+    /// their own. Throws `ThreadStartError` if it cannot start its accept threads.
+    public func run(_ listeners: TunnelListeners, stop: StopSignal) throws {
         events(.listening(control: listeners.control.endpoint, public: listeners.public.endpoint,
                           proxy: listeners.proxy.endpoint))
-        let others = [
-            BackgroundThread("accept control") {
+        defer {
+            for listener in [listeners.control, listeners.public, listeners.proxy] { listener.close() }
+            for connection in controlConnections.withLock({ Array($0.values) }) { connection.shutdownBoth() }
+        }
+        var others: [BackgroundThread<Void>] = []
+        do {
+            others.append(try BackgroundThread("accept control") {
                 self.acceptEach(on: listeners.control, stop: stop) { self.serveControl($0, stop: stop) }
-            },
-            BackgroundThread("accept users") { self.acceptEach(on: listeners.public, stop: stop, self.serveUser) },
-        ]
+            })
+            others.append(try BackgroundThread("accept users") {
+                self.acceptEach(on: listeners.public, stop: stop, self.serveUser)
+            })
+        } catch {
+            stop.stop()  // a server without all three listeners is no server: end the one that started
+            for thread in others { thread.value() }
+            throw error
+        }
         acceptEach(on: listeners.proxy, stop: stop, serveProxy)
         for thread in others { thread.value() }
-        for listener in [listeners.control, listeners.public, listeners.proxy] { listener.close() }
-        for connection in controlConnections.withLock({ Array($0.values) }) { connection.shutdownBoth() }
     }
 
     private func acceptEach(on listener: Listener, stop: StopSignal, _ serve: @escaping @Sendable (Connection) -> Void) {
         let endpoint = listener.endpoint
         listener.acceptEach(unless: stop, onError: { self.events(.acceptFailed(on: endpoint, error: "\($0)")) }, serve)
+    }
+
+    /// Counts `connection` in `budget`, or, over a limit, closes it at once and says so (false).
+    private func count(_ connection: Connection, in budget: ConnectionBudget) -> Bool {
+        guard let limit = budget.take(connection.peer.host) else { return true }
+        connection.close()
+        events(.overLimit(peer: connection.peer, port: connection.local, limit: limit))
+        return false
+    }
+
+    /// Runs `body` with `connection` counted in `budget`; nil if it is over a limit (and closed).
+    private func counted<Result>(_ connection: Connection, in budget: ConnectionBudget, _ body: () -> Result) -> Result? {
+        guard count(connection, in: budget) else { return nil }
+        defer { budget.give(connection.peer.host) }
+        return body()
     }
 
     // MARK: Step 1: the control connection
@@ -152,18 +133,24 @@ public final class TunnelServer: Sendable {
             channel.close()
         }
         if stop.isStopped { connection.shutdownBoth() }  // accepted just as the server stopped
-        events(.controlOpened(client: peer))
         let reader = LineReader(connection)
-        switch admit(reader) {
+        let admission = counted(connection, in: pending) {
+            events(.controlOpened(client: peer))
+            return admit(reader)
+        }
+        switch admission {
+        case nil:
+            return
         case .admitted:
             break
         case .refused(let reason):
             try? channel.send(.closing(reason))
             return events(.controlRefused(client: peer, reason: reason))
         case .dropped(let reason):
-            return events(.controlClosed(client: peer, reason: reason, releasedUsers: 0))
+            return events(.controlClosed(client: peer, reason: reason, releasedUsers: 0, resetUsers: 0))
         }
         var reason = "the client closed it"
+        var errors = 0
         do {
             while let line = try reader.readLine(deadline: .now + heartbeatTimeout) {
                 do {
@@ -173,6 +160,12 @@ public final class TunnelServer: Sendable {
                     case .proxy: try channel.send(.error("proxy <id> goes on the proxy port, not the control port"))
                     }
                 } catch let error as ProtocolError {
+                    errors += 1
+                    guard errors < limits.maxProtocolErrors else {
+                        reason = "\(errors) lines we do not understand, the last: \(error)"
+                        try? channel.send(.closing("too many lines this server does not understand"))
+                        break
+                    }
                     try channel.send(.error("\(error)"))
                     events(.controlRejected(client: peer, reason: "\(error)"))
                 }
@@ -182,27 +175,34 @@ public final class TunnelServer: Sendable {
         } catch {
             reason = "\(error)"
         }
-        // This client is gone: forget it (unless a newer one already replaced it), and release
-        // the users still waiting for its proxy connections; they would wait in vain.
+        // This client is gone: forget it (unless a newer one already replaced it), release the
+        // users still waiting for its proxy connections (they would wait in vain), and reset the
+        // users joined through it: its end of their pipes is gone or going, and a reset tells
+        // them their transfer failed, where a quiet end of stream could pass for success.
         client.withLock { if $0 === channel { $0 = nil } }
-        if channel.wasReplaced.load(ordering: .acquiring) { reason = "replaced by a newer client" }
-        let released = waiting.takeAll(askedOver: connection)
-        for user in released { user.connection.close() }
-        events(.controlClosed(client: peer, reason: reason, releasedUsers: released.count))
+        if channel.wasReplaced.current { reason = "replaced by a newer client" }
+        let released = waiting.takeAll(askedOver: channel)
+        for user in released {
+            user.connection.close()
+            user.release()
+        }
+        let joined = channel.endJoins()
+        if !stop.isStopped {
+            for join in joined { join.abort("the client's control connection ended: \(reason)") }
+        }
+        events(.controlClosed(client: peer, reason: reason, releasedUsers: released.count,
+                              resetUsers: stop.isStopped ? 0 : joined.count))
     }
 
     private func register(_ channel: ControlChannel) throws {
         // Publish first, answer second: once the client reads `registered`, users must find it.
         // (If the answer fails, this connection's cleanup in serveControl unpublishes it.)
-        let previous = client.withLock { current in
-            defer { current = channel }
-            return current
-        }
+        let previous = client.exchange(channel)
         try channel.send(.registered)
         events(.registered(client: channel.connection.peer))
         if let previous, previous !== channel {
             events(.replaced(old: previous.connection.peer, new: channel.connection.peer))
-            previous.wasReplaced.store(true, ordering: .releasing)
+            previous.wasReplaced.withLock { $0 = true }
             try? previous.send(.closing("replaced by a newer client, \(channel.connection.peer)"))
             previous.connection.shutdownBoth()  // its thread wakes up, cleans up and closes it
         }
@@ -211,26 +211,33 @@ public final class TunnelServer: Sendable {
     // MARK: Steps 2 and 3: a user arrives; ask the client for a proxy connection
 
     func serveUser(_ user: Connection) {
+        guard count(user, in: users) else { return }
+        let host = user.peer.host
         events(.userConnected(user: user.peer))
-        guard let channel = client.withLock({ $0 }) else {
+        guard let channel = client.current else {
             user.close()
-            events(.noClient(user: user.peer))
-            return
+            users.give(host)
+            return events(.noClient(user: user.peer))
         }
-        let entry = WaitingUser(connection: user, askedOver: channel.connection)
+        let entry = WaitingUser(connection: user, askedOver: channel) { [users] in users.give(host) }
         let id = waiting.add(entry)
         do {
             try channel.send(.createProxy(id, user: user.peer))
             events(.askedForProxy(user: user.peer, client: channel.connection.peer, id: id))
         } catch {
-            waiting.take(id)?.connection.close()
+            if let failed = waiting.take(id) {
+                failed.connection.close()
+                failed.release()
+            }
             return events(.askFailed(user: user.peer, error: "\(error)"))
         }
         // Wait until a proxy connection takes this user, or the client's departure releases it,
-        // or time runs out. Whoever takes the entry out of the table owns the user from then on.
+        // or time runs out. Whoever takes the entry out of the table owns the user from then on,
+        // closes it when done, and gives its place among the `users` back with `release()`.
         _ = entry.left.wait(timeout: .now() + dispatchInterval(proxyTimeout))
         if let expired = waiting.take(id) {
             expired.connection.close()
+            expired.release()
             events(.userTimedOut(user: user.peer, after: proxyTimeout))
         }
     }
@@ -239,23 +246,10 @@ public final class TunnelServer: Sendable {
 
     func serveProxy(_ proxy: Connection) {
         let reader = LineReader(proxy, maxLineLength: 64)
-        let user: WaitingUser
-        do {
-            guard let line = try reader.readLine(deadline: .now + proxyTimeout) else {
-                return reject(proxy, "it closed without naming a user")
-            }
-            guard case .proxy(let id) = try? ClientMessage(line: line) else {
-                return reject(proxy, "its first line was not proxy <id>")
-            }
-            guard let waitingUser = waiting.take(id) else {
-                return reject(proxy, "id \(id.short) is not waiting: never issued, expired, or already used")
-            }
-            user = waitingUser
-        } catch is TimeoutError {
-            return reject(proxy, "it sent no proxy <id> line within \(proxyTimeout)")
-        } catch {
-            return reject(proxy, "\(error)")
+        guard let identified = counted(proxy, in: pending, { identify(proxy, reader) }), let user = identified else {
+            return
         }
+        defer { user.release() }
         events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
 
         // Bytes the client sent right after its `proxy <id>` line are already in the reader's
@@ -268,13 +262,38 @@ public final class TunnelServer: Sendable {
             proxy.close()
             return events(.userFinished(user: user.connection.peer, sent: 0, received: 0, error: "\(error)"))
         }
-        let result = join(user.connection, proxy)
+        let join = Join(user.connection, proxy, timeouts: limits.joinTimeouts)
+        if !user.askedOver.track(join) { join.abort("the client's control connection had ended") }
+        let result = join.run()
+        user.askedOver.untrack(join)
         events(.userFinished(user: user.connection.peer, sent: result.forward, received: early.count + result.backward,
                              error: result.error.map { "\($0)" }))
     }
 
-    private func reject(_ proxy: Connection, _ reason: String) {
+    /// Reads a proxy connection's `proxy <id>` line and takes its user out of the table;
+    /// nil (with the connection closed and the reason logged) if there is no such user.
+    private func identify(_ proxy: Connection, _ reader: LineReader) -> WaitingUser? {
+        do {
+            guard let line = try reader.readLine(deadline: .now + proxyTimeout) else {
+                return reject(proxy, "it closed without naming a user")
+            }
+            guard case .proxy(let id) = try? ClientMessage(line: line) else {
+                return reject(proxy, "its first line was not proxy <id>")
+            }
+            guard let user = waiting.take(id) else {
+                return reject(proxy, "id \(id.short) is not waiting: never issued, expired, or already used")
+            }
+            return user
+        } catch is TimeoutError {
+            return reject(proxy, "it sent no proxy <id> line within \(proxyTimeout)")
+        } catch {
+            return reject(proxy, "\(error)")
+        }
+    }
+
+    private func reject(_ proxy: Connection, _ reason: String) -> WaitingUser? {
         proxy.close()
         events(.proxyRejected(proxy: proxy.peer, reason: reason))
+        return nil
     }
 }

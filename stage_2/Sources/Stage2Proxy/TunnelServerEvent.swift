@@ -6,12 +6,14 @@ import Stage0Pipe
 public enum TunnelServerEvent: Sendable, CustomStringConvertible {
     case listening(control: Endpoint, public: Endpoint, proxy: Endpoint)
     case acceptFailed(on: Endpoint, error: String)
+    /// A new connection to `port` was closed at once: the server is at `limit`.
+    case overLimit(peer: Endpoint, port: Endpoint, limit: String)
     case controlOpened(client: Endpoint)
     case registered(client: Endpoint)
     case replaced(old: Endpoint, new: Endpoint)
     case controlRejected(client: Endpoint, reason: String)
     case controlRefused(client: Endpoint, reason: String)
-    case controlClosed(client: Endpoint, reason: String, releasedUsers: Int)
+    case controlClosed(client: Endpoint, reason: String, releasedUsers: Int, resetUsers: Int)
     case userConnected(user: Endpoint)
     case noClient(user: Endpoint)
     case askedForProxy(user: Endpoint, client: Endpoint, id: ProxyID)
@@ -21,12 +23,31 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
     case proxyRejected(proxy: Endpoint, reason: String)
     case userFinished(user: Endpoint, sent: Int, received: Int, error: String?)
 
+    /// The address of the peer the event is about (nil for the server's own events): the
+    /// executables rate-limit their log per address, so no stranger can flood it.
+    public var peerHost: String? {
+        switch self {
+        case .listening, .acceptFailed: nil
+        case let .overLimit(peer, _, _): peer.host
+        case .controlOpened(let client), .registered(let client): client.host
+        case .replaced(_, let new): new.host
+        case let .controlRejected(client, _), let .controlRefused(client, _): client.host
+        case let .controlClosed(client, _, _, _): client.host
+        case .userConnected(let user), .noClient(let user): user.host
+        case let .askedForProxy(user, _, _), let .askFailed(user, _), let .userTimedOut(user, _): user.host
+        case let .proxyMatched(proxy, _), let .proxyRejected(proxy, _): proxy.host
+        case let .userFinished(user, _, _, _): user.host
+        }
+    }
+
     public var description: String {
         switch self {
         case let .listening(control, `public`, proxy):
             "listening: control \(control) (step 1), public \(`public`) (step 2), proxy \(proxy) (step 4)"
         case let .acceptFailed(endpoint, error):
-            "accept on \(endpoint) failed: \(error); still listening"
+            "\(error); still listening on \(endpoint)"
+        case let .overLimit(peer, port, limit):
+            "connection from \(peer) to \(port) closed at once: \(limit)"
         case .controlOpened(let client):
             "[1] control connection opened by \(client)"
         case .registered(let client):
@@ -37,9 +58,10 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
             "[1] client \(client) sent a line we do not understand (\(reason)); answered with an error line"
         case let .controlRefused(client, reason):
             "[1] control connection from \(client) refused: \(reason)"
-        case let .controlClosed(client, reason, released):
+        case let .controlClosed(client, reason, released, reset):
             "[1] control connection from \(client) closed: \(reason)"
                 + (released > 0 ? "; closed \(released) user(s) still waiting for it" : "")
+                + (reset > 0 ? "; reset \(reset) user(s) joined through it" : "")
         case .userConnected(let user):
             "[2] user \(user) connected to the public port"
         case .noClient(let user):

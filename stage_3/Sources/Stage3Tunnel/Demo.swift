@@ -7,7 +7,6 @@ import Dispatch
 import Stage0Pipe
 import Stage1Control
 import Stage2Proxy
-import Synchronization
 
 /// The app on the "private machine": answers any HTTP request with a short text.
 /// Reads the request up to its blank line, answers, and closes.
@@ -28,8 +27,8 @@ public struct DemoError: Error, CustomStringConvertible {
 /// Runs the demo, printing each line with `say`; returns the response the user received.
 public func runDemo(say print: @escaping @Sendable (String) -> Void) throws -> String {
     // Once the demo has said "Done", the shutdown that follows is not part of the story.
-    let done = Atomic<Bool>(false)
-    let say: @Sendable (String) -> Void = { line in if !done.load(ordering: .acquiring) { print(line) } }
+    let done = Locked(false)
+    let say: @Sendable (String) -> Void = { line in if !done.current { print(line) } }
     let loopback = "127.0.0.1"
     let app = try Listener(on: Endpoint(host: loopback, port: 0))
     let listeners = try TunnelListeners(host: loopback, controlPort: 0, publicPort: 0, proxyPort: 0)
@@ -40,7 +39,7 @@ public func runDemo(say print: @escaping @Sendable (String) -> Void) throws -> S
     say("")
 
     let stop = StopSignal()
-    let appThread = BackgroundThread("demo app") { app.acceptEach(unless: stop, serveDemoApp) }
+    let appThread = try BackgroundThread("demo app") { app.acceptEach(unless: stop, serveDemoApp) }
 
     let secret = SharedSecret("demo-secret")
     let userDone = DispatchSemaphore(value: 0)
@@ -48,7 +47,7 @@ public func runDemo(say print: @escaping @Sendable (String) -> Void) throws -> S
         say("server: \(event)")
         if case .userFinished = event { userDone.signal() }
     }
-    let serverThread = BackgroundThread("demo server") { server.run(listeners, stop: stop) }
+    let serverThread = try BackgroundThread("demo server") { try? server.run(listeners, stop: stop) }
 
     var settings = TunnelClientSettings(localApp: app.endpoint, control: listeners.control.endpoint,
                                         proxy: listeners.proxy.endpoint)
@@ -62,7 +61,7 @@ public func runDemo(say print: @escaping @Sendable (String) -> Void) throws -> S
         default: break
         }
     }
-    let clientThread = BackgroundThread("demo client") { try? client.run() }
+    let clientThread = try BackgroundThread("demo client") { try? client.run() }
     defer {
         client.stop()
         clientThread.value()
@@ -88,6 +87,6 @@ public func runDemo(say print: @escaping @Sendable (String) -> Void) throws -> S
         throw DemoError(description: "the response was not the app's")
     }
     say("Done: user → server → client → app, and back. Now run the stages one by one: see README.md.")
-    done.store(true, ordering: .releasing)
+    done.withLock { $0 = true }
     return response
 }

@@ -9,7 +9,6 @@
 import Stage0Pipe
 import Stage1Control
 import Stage2Proxy
-import Synchronization
 
 /// Where the client connects, and how.
 public struct TunnelClientSettings: Sendable {
@@ -22,6 +21,11 @@ public struct TunnelClientSettings: Sendable {
     public var secret = SharedSecret(nil)
     public var heartbeat = Heartbeat.standard
     public var backoff = Backoff()
+    /// Users joined to the local app at once; the server's requests beyond it are turned down,
+    /// so a flood of users cannot open unbounded connections to the app (`--max-users`).
+    public var maxUsers = 1000
+    /// Idle and stall timeouts for joined users, as on the server (`--idle-timeout`, `--stall-timeout`).
+    public var joinTimeouts = JoinTimeouts(idle: .seconds(600), stall: .seconds(60))
 
     public init(localApp: Endpoint, control: Endpoint, proxy: Endpoint) {
         self.localApp = localApp
@@ -37,7 +41,9 @@ public final class TunnelClient: Sendable {
     public let events: @Sendable (TunnelClientEvent) -> Void
     private let stopSignal = StopSignal()
     /// Every socket the client has open, so `stop()` can end them all, as an exiting process would.
-    private let open = Mutex<[ObjectIdentifier: Connection]>([:])
+    private let open = Locked<[ObjectIdentifier: Connection]>([:])
+    /// Users being served now, against `settings.maxUsers`.
+    private let users = Locked(0)
 
     public init(_ settings: TunnelClientSettings, events: @escaping @Sendable (TunnelClientEvent) -> Void) {
         self.settings = settings
@@ -88,7 +94,7 @@ public final class TunnelClient: Sendable {
                 events(.registered(server: control.peer, localApp: settings.localApp))
             case let .createProxy(id, user):
                 events(.userArrived(user: user, id: id))
-                startThread("user \(user)") { self.serveUser(user, id: id) }
+                serveUserOnItsThread(user, id: id)
             case .error(let reason): events(.serverError(reason))
             case .closing(let reason): throw ClosedByServer(reason: reason)
             }
@@ -96,6 +102,29 @@ public final class TunnelClient: Sendable {
         switch ending {
         case .serverClosed: return "the server closed it"
         case .serverSilent(let timeout): return "no answer from the server for \(timeout)"
+        }
+    }
+
+    /// Starts `serveUser` on a thread of its own, unless `maxUsers` are being served already or
+    /// no thread can be had. Then the request is turned down here (the server closes the
+    /// user when no proxy connection comes) and the users already joined keep working.
+    private func serveUserOnItsThread(_ user: Endpoint, id: ProxyID) {
+        let room = users.withLock { count in
+            guard count < settings.maxUsers else { return false }
+            count += 1
+            return true
+        }
+        guard room else {
+            return events(.userTurnedDown(user: user, reason: "already \(settings.maxUsers) users (--max-users)"))
+        }
+        do {
+            try startThread("user \(user)") {
+                defer { self.users.withLock { $0 -= 1 } }
+                self.serveUser(user, id: id)
+            }
+        } catch {
+            users.withLock { $0 -= 1 }
+            events(.userTurnedDown(user: user, reason: "\(error)"))
         }
     }
 
@@ -124,7 +153,7 @@ public final class TunnelClient: Sendable {
             return events(.appUnreachable(user: user, app: settings.localApp, error: "\(error)"))
         }
         events(.appConnected(user: user, app: settings.localApp))
-        let result = join(proxy, app)
+        let result = join(proxy, app, timeouts: settings.joinTimeouts)
         release(proxy)
         release(app)
         events(.userFinished(user: user, sent: result.forward, received: result.backward,
@@ -153,6 +182,7 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     case retrying(after: Duration, attempt: Int)
     case serverError(String)
     case userArrived(user: Endpoint, id: ProxyID)
+    case userTurnedDown(user: Endpoint, reason: String)
     case proxyOpened(user: Endpoint, local: Endpoint)
     case proxyFailed(user: Endpoint, error: String)
     case appConnected(user: Endpoint, app: Endpoint)
@@ -175,6 +205,8 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
             "[1] the server answered with an error: \(reason)"
         case let .userArrived(user, id):
             "[3] user \(user) connected: the server asks for a proxy connection (id \(id.short))"
+        case let .userTurnedDown(user, reason):
+            "[3] not serving user \(user): \(reason); the server will close it"
         case let .proxyOpened(user, local):
             "[4] proxy connection open from \(local) for user \(user)"
         case let .proxyFailed(user, error):
