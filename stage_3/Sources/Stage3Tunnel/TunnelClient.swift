@@ -23,9 +23,9 @@ public struct TunnelClientSettings: Sendable {
     public var backoff = Backoff()
     /// Users joined to the local app at once; the server's requests beyond it are turned down,
     /// so a flood of users cannot open unbounded connections to the app (`--max-users`).
-    public var maxUsers = 1000
+    public var maxUsers = ServerLimits().maxUsers
     /// Idle and stall timeouts for joined users, as on the server (`--idle-timeout`, `--stall-timeout`).
-    public var joinTimeouts = JoinTimeouts(idle: .seconds(600), stall: .seconds(60))
+    public var joinTimeouts = ServerLimits().joinTimeouts
 
     public init(localApp: Endpoint, control: Endpoint, proxy: Endpoint) {
         self.localApp = localApp
@@ -188,6 +188,18 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     case appConnected(user: Endpoint, app: Endpoint)
     case appUnreachable(user: Endpoint, app: Endpoint, error: String)
     case userFinished(user: Endpoint, sent: Int, received: Int, error: String?)
+
+    /// The address of the user the event is about, if any: the log is rate-limited per user
+    /// address, so a flood of users cannot flood the client's log either.
+    public var userHost: String? {
+        switch self {
+        case .connected, .registered, .controlLost, .cannotReachServer, .retrying, .serverError: nil
+        case let .userArrived(user, _), let .userTurnedDown(user, _), let .proxyOpened(user, _),
+            let .proxyFailed(user, _), let .appConnected(user, _), let .appUnreachable(user, _, _),
+            let .userFinished(user, _, _, _):
+            user.host
+        }
+    }
 
     public var description: String {
         switch self {

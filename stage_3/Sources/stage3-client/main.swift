@@ -4,6 +4,7 @@
 
 import Stage0Pipe
 import Stage1Control
+import Stage2Proxy
 import Stage3Tunnel
 
 let tool = Tool(
@@ -11,6 +12,7 @@ let tool = Tool(
     usage: """
         usage: stage3-client <local-app host:port> [server-host] [--control-port N] [--proxy-port N]
                              [--secret word] [--interval duration] [--timeout duration]
+                             [--max-users N] [--idle-timeout duration] [--stall-timeout duration]
 
         Makes the app at <local-app host:port> reachable on the server's public port.
         Dials out to the server (default 127.0.0.1), so it works from behind NAT; if the
@@ -22,6 +24,14 @@ let tool = Tool(
           --secret word        the server's shared secret (default: $TUNNEL_SECRET, else none)
           --interval duration  time between pings (default 5s)
           --timeout duration   reconnect after this much silence from the server (default 15s)
+          --max-users N        users joined to the app at once; the server's requests beyond that
+                               are turned down (default 1000)
+          --idle-timeout duration
+                               reset a joined user when no byte moved either way for this long
+                               (default 10m; 0 for never)
+          --stall-timeout duration
+                               reset a joined user whose peer reads nothing we send for this long
+                               (default 60s; 0 for never)
           -h, --help           show this help
 
         example: python3 -m http.server 8000 --bind 127.0.0.1 & stage3-client 127.0.0.1:8000
@@ -32,6 +42,11 @@ let settings = tool.parse { arguments in
     let proxyPort = try arguments.port("--proxy-port", default: 60625)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
     let heartbeat = try Heartbeat.fromFlags(&arguments)
+    let defaults = ServerLimits()  // the client's limits default to the server's
+    let maxUsers = try arguments.count("--max-users", default: defaults.maxUsers)
+    let joinTimeouts = JoinTimeouts(
+        idle: try arguments.timeout("--idle-timeout", default: defaults.joinTimeouts.idle),
+        stall: try arguments.timeout("--stall-timeout", default: defaults.joinTimeouts.stall))
     let rest = try arguments.positionals()
     guard (1...2).contains(rest.count) else {
         throw UsageError("expected the local app's host:port and, optionally, the server's host")
@@ -45,10 +60,12 @@ let settings = tool.parse { arguments in
         control: Endpoint(host: serverHost, port: controlPort), proxy: Endpoint(host: serverHost, port: proxyPort))
     settings.secret = secret
     settings.heartbeat = heartbeat
+    settings.maxUsers = maxUsers
+    settings.joinTimeouts = joinTimeouts
     return settings
 }
 
-let client = TunnelClient(settings) { tool.log($0.description) }
+let client = TunnelClient(settings) { tool.log($0.description, from: $0.userHost) }
 StopSignal().stopOnInterrupt {
     tool.log("stopping")
     client.stop()
