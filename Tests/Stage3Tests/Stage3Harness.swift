@@ -19,12 +19,12 @@ final class RunningServer3: Sendable {
 
     init(secret: String? = nil, ports: (control: UInt16, public: UInt16, proxy: UInt16) = (0, 0, 0),
          authTimeout: Duration = .seconds(5), limits: ServerLimits = ServerLimits(),
-         heartbeatTimeout: Duration = Heartbeat.standard.timeout) throws {
+         heartbeatTimeout: Duration = Heartbeat.standard.timeout, guesses: GuessLimit = GuessLimit()) throws {
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: ports.control, publicPort: ports.public,
                                             proxyPort: ports.proxy)
         (control, self.public, proxy) = (listeners.control.endpoint, listeners.public.endpoint, listeners.proxy.endpoint)
         let server = TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: .seconds(10), limits: limits,
-                                  admit: GuessLimit().guarding(SharedSecret(secret).check(timeout: authTimeout)),
+                                  admit: guesses.guarding(SharedSecret(secret).check(timeout: authTimeout)),
                                   events: events.handler)
         thread = try BackgroundThread("stage 3 server") { [stopSignal] in try? server.run(listeners, stop: stopSignal) }
     }

@@ -9,7 +9,7 @@ public final class LogThrottle: Sendable {
     private let budget: TokenBuckets
     /// Lines left out per source since its last line printed, and when we last looked for
     /// sources gone quiet.
-    private let leftOut = Locked<(counts: [String: Int], lastSweep: ContinuousClock.Instant)>(([:], .now))
+    private let leftOut = Locked<(counts: [String: Int], lastSweep: ContinuousClock.Instant?)>(([:], nil))
 
     public init(burst: Int = 20, perSecond: Int = 5) {
         budget = TokenBuckets(burst: burst, perSecond: perSecond)
@@ -22,7 +22,8 @@ public final class LogThrottle: Sendable {
         return leftOut.withLock { state in
             var out: [String] = []
             // At most once a second, report sources that went quiet with lines left out.
-            if state.lastSweep.duration(to: now) >= .seconds(1) {
+            if state.lastSweep == nil { state.lastSweep = now }
+            if let last = state.lastSweep, last.duration(to: now) >= .seconds(1) {
                 state.lastSweep = now
                 for (quiet, count) in state.counts where quiet != source && budget.hasToken(quiet, now: now) {
                     out.append(summary(quiet, count))
@@ -30,7 +31,9 @@ public final class LogThrottle: Sendable {
                 }
             }
             guard allowed else {
-                state.counts[source, default: 0] += 1
+                // Bounded like the buckets: past 4096 sources, the rest are counted together.
+                let key = state.counts[source] != nil || state.counts.count < 4096 ? source : "other sources"
+                state.counts[key, default: 0] += 1
                 return out
             }
             if let count = state.counts.removeValue(forKey: source) { out.append(summary(source, count)) }

@@ -19,8 +19,8 @@ public struct ServerFlags: Sendable {
     public static let limitsUsage = """
           --max-users N             users connected at once; more are closed at once (default 1000)
           --max-users-per-address N the same, from one address (default 100)
-          --max-pending N           connections to the control and proxy ports that have not yet said
-                                    who they are (default 128)
+          --max-pending N           connections to the control port, and to the proxy port, that have
+                                    not yet said who they are (default 128 each)
           --max-pending-per-address N
                                     the same, from one address (default 16)
           --idle-timeout duration   reset a joined user when no byte moved either way for this long

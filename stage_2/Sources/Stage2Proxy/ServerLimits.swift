@@ -13,8 +13,8 @@ public struct ServerLimits: Sendable {
     public var maxUsers = 1000
     /// Users connected at once from one address (`--max-users-per-address`).
     public var maxUsersPerAddress = 100
-    /// Connections on the control and proxy ports that have not yet said who they are: not yet
-    /// authenticated, or no `proxy <id>` line yet (`--max-pending`).
+    /// Connections on the control port not yet authenticated, and, counted apart, connections on
+    /// the proxy port that have not yet sent their `proxy <id>` line (`--max-pending`).
     public var maxPending = 128
     /// The same, from one address (`--max-pending-per-address`).
     public var maxPendingPerAddress = 16

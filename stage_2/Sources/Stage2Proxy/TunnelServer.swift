@@ -56,9 +56,11 @@ public final class TunnelServer: Sendable {
     private let waiting = WaitingUsers()
     /// Every open control connection, registered or not, so that stopping can end them all.
     private let controlConnections = Locked<[ObjectIdentifier: Connection]>([:])
-    /// Users connected, and control or proxy connections that have not yet said who they are.
+    /// Users connected, and control and proxy connections that have not yet said who they are.
+    /// Each port has its own count, so strangers idling on one cannot crowd out the other.
     private let users: ConnectionBudget
-    private let pending: ConnectionBudget
+    private let pendingControl: ConnectionBudget
+    private let pendingProxies: ConnectionBudget
 
     public init(heartbeatTimeout: Duration = Heartbeat.standard.timeout, proxyTimeout: Duration = .seconds(10),
                 limits: ServerLimits = ServerLimits(),
@@ -71,8 +73,12 @@ public final class TunnelServer: Sendable {
         self.events = events
         users = ConnectionBudget("users", total: (limits.maxUsers, "--max-users"),
                                  perAddress: (limits.maxUsersPerAddress, "--max-users-per-address"))
-        pending = ConnectionBudget("unidentified connections", total: (limits.maxPending, "--max-pending"),
-                                   perAddress: (limits.maxPendingPerAddress, "--max-pending-per-address"))
+        let pending = (total: (limits.maxPending, "--max-pending"),
+                       perAddress: (limits.maxPendingPerAddress, "--max-pending-per-address"))
+        pendingControl = ConnectionBudget("unauthenticated control connections", total: pending.total,
+                                          perAddress: pending.perAddress)
+        pendingProxies = ConnectionBudget("unidentified proxy connections", total: pending.total,
+                                          perAddress: pending.perAddress)
     }
 
     /// Serves until `stop`. Then, as if the process had exited, closes the listeners and the
@@ -134,7 +140,7 @@ public final class TunnelServer: Sendable {
         }
         if stop.isStopped { connection.shutdownBoth() }  // accepted just as the server stopped
         let reader = LineReader(connection)
-        let admission = counted(connection, in: pending) {
+        let admission = counted(connection, in: pendingControl) {
             events(.controlOpened(client: peer))
             return admit(reader)
         }
@@ -246,7 +252,7 @@ public final class TunnelServer: Sendable {
 
     func serveProxy(_ proxy: Connection) {
         let reader = LineReader(proxy, maxLineLength: 64)
-        guard let identified = counted(proxy, in: pending, { identify(proxy, reader) }), let user = identified else {
+        guard let identified = counted(proxy, in: pendingProxies, { identify(proxy, reader) }), let user = identified else {
             return
         }
         defer { user.release() }

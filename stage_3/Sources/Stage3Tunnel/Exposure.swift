@@ -11,9 +11,11 @@ import Stage2Proxy
 /// 32-hex-digit secret (`openssl rand -hex 16`, 128 bits) outlasts the universe; a short
 /// word from a dictionary does not, which is why the server warns about short secrets.
 public final class GuessLimit: Sendable {
-    private let wrongGuesses = TokenBuckets(burst: 10, perSecond: 10)
+    private let wrongGuesses: TokenBuckets
 
-    public init() {}
+    public init(burst: Int = 10, perSecond: Int = 10) {
+        wrongGuesses = TokenBuckets(burst: burst, perSecond: perSecond)
+    }
 
     /// Wraps a server's `admit` check: an address that has used up its wrong guesses is
     /// dropped without being checked (so even the right secret waits), and may retry later;
