@@ -27,6 +27,14 @@ public final class TokenBuckets: Sendable {
         }
     }
 
+    /// Puts back a token that `take` took, when what it paid for turned out to be free.
+    public func giveBack(_ key: String, now: ContinuousClock.Instant = .now) {
+        _ = withBucket(key, now: now) { tokens in
+            tokens = min(burst, tokens + 1)
+            return true
+        }
+    }
+
     /// True if `key`'s bucket holds a token; takes none.
     public func hasToken(_ key: String, now: ContinuousClock.Instant = .now) -> Bool {
         withBucket(key, now: now) { $0 >= 1 }

@@ -252,9 +252,11 @@ public final class TunnelServer: Sendable {
 
     func serveProxy(_ proxy: Connection) {
         let reader = LineReader(proxy, maxLineLength: 64)
-        guard let identified = counted(proxy, in: pendingProxies, { identify(proxy, reader) }), let user = identified else {
-            return
-        }
+        // The registered client's own proxy connections come in bursts, one per user arriving,
+        // and are bounded by the users waiting (`--max-users`): only strangers are counted.
+        let fromClient = client.current?.connection.peer.host == proxy.peer.host
+        let matched = fromClient ? identify(proxy, reader) : counted(proxy, in: pendingProxies) { identify(proxy, reader) } ?? nil
+        guard let user = matched else { return }
         defer { user.release() }
         events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
 

@@ -21,14 +21,17 @@ public final class GuessLimit: Sendable {
     /// dropped without being checked (so even the right secret waits), and may retry later;
     /// every other address is checked as usual. Dropped, not refused: a refused client stops
     /// for good, and the rightful client behind the same address should only wait.
+    /// Every check is paid for up front and refunded unless refused: guesses sent on many
+    /// connections at once then cannot all slip through before the first one is counted.
     public func guarding(_ check: @escaping @Sendable (LineReader) -> Admission) -> @Sendable (LineReader) -> Admission {
         { [wrongGuesses] reader in
             let address = reader.connection.peer.host
-            guard wrongGuesses.hasToken(address) else {
+            guard wrongGuesses.take(address) else {
                 return .dropped("too many wrong secrets from \(address); it may try again in a moment")
             }
             let verdict = check(reader)
-            if case .refused = verdict { _ = wrongGuesses.take(address) }
+            if case .refused = verdict { return verdict }  // a wrong guess: the token stays spent
+            wrongGuesses.giveBack(address)
             return verdict
         }
     }
