@@ -23,11 +23,13 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
     case proxyRejected(proxy: Endpoint, reason: String)
     case userFinished(user: Endpoint, sent: Int, received: Int, error: String?)
 
-    /// The address of the peer the event is about (nil for the server's own events): the
-    /// executables rate-limit their log per address, so no stranger can flood it.
-    public var peerHost: String? {
+    /// Whom the event is about, for the log's rate limit (Tool.log): the peer's address, so no
+    /// stranger can flood the log; the port, for failures every stranger can cause at once.
+    /// Nil for the one line that only the operator causes.
+    public var logSource: String? {
         switch self {
-        case .listening, .acceptFailed: nil
+        case .listening: nil
+        case .acceptFailed(let endpoint, _): "port \(endpoint.port)"
         case let .overLimit(peer, _, _): peer.host
         case .controlOpened(let client), .registered(let client): client.host
         case .replaced(_, let new): new.host

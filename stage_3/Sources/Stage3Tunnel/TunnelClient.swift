@@ -189,9 +189,9 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     case appUnreachable(user: Endpoint, app: Endpoint, error: String)
     case userFinished(user: Endpoint, sent: Int, received: Int, error: String?)
 
-    /// The address of the user the event is about, if any: the log is rate-limited per user
-    /// address, so a flood of users cannot flood the client's log either.
-    public var userHost: String? {
+    /// Whom the event is about, for the log's rate limit (Tool.log): the user's address, so a
+    /// flood of users cannot flood the client's log either. Nil for the client's own events.
+    public var logSource: String? {
         switch self {
         case .connected, .registered, .controlLost, .cannotReachServer, .retrying, .serverError: nil
         case let .userArrived(user, _), let .userTurnedDown(user, _), let .proxyOpened(user, _),

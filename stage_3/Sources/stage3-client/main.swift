@@ -65,7 +65,7 @@ let settings = tool.parse { arguments in
     return settings
 }
 
-let client = TunnelClient(settings) { tool.log($0.description, from: $0.userHost) }
+let client = TunnelClient(settings) { tool.log($0.description, from: $0.logSource) }
 StopSignal().stopOnInterrupt {
     tool.log("stopping")
     client.stop()

@@ -50,7 +50,7 @@ if let warning = shortSecretWarning(secret) { tool.log("warning: \(warning)") }
 let stop = StopSignal()
 stop.stopOnInterrupt { tool.log("stopping") }
 let server = flags.server(admit: GuessLimit().guarding(secret.check(timeout: flags.proxyTimeout))) {
-    tool.log($0.description, from: $0.peerHost)
+    tool.log($0.description, from: $0.logSource)
 }
 do {
     try server.run(listeners, stop: stop)
