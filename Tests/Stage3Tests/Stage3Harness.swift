@@ -44,9 +44,10 @@ final class RunningClient3: Sendable {
     let events = EventRecorder<TunnelClientEvent>()
     let thread: BackgroundThread<ClosedByServer?>
 
-    init(app: Endpoint, server: RunningServer3, secret: String? = nil) throws {
+    init(app: Endpoint, server: RunningServer3, secret: String? = nil, pool: Int = 0) throws {
         var settings = TunnelClientSettings(localApp: app, control: server.control, proxy: server.proxy)
         settings.secret = SharedSecret(secret)
+        settings.pool = pool
         settings.backoff = Backoff(initial: .milliseconds(20), maximum: .milliseconds(200))
         let client = TunnelClient(settings, events: events.handler)
         self.client = client

@@ -49,11 +49,13 @@ public struct Arguments {
         return port
     }
 
-    /// `--name 100`: a whole number from 1 to 1,000,000 (a limit, a count).
-    public mutating func count(_ name: String, default fallback: Int) throws -> Int {
+    /// `--name 100`: a whole number in `range` (a limit, a count).
+    public mutating func count(_ name: String, default fallback: Int, range: ClosedRange<Int> = 1...1_000_000) throws
+        -> Int
+    {
         guard let text = try value(name) else { return fallback }
-        guard let count = Int(text), (1...1_000_000).contains(count) else {
-            throw UsageError("\(name) expects a whole number from 1 to 1000000, got \"\(text)\"")
+        guard let count = Int(text), range.contains(count) else {
+            throw UsageError("\(name) expects a whole number from \(range.lowerBound) to \(range.upperBound), got \"\(text)\"")
         }
         return count
     }

@@ -84,6 +84,14 @@ public final class Connection: Sendable, CustomStringConvertible {
         return try systemCall("read from \(peer)") { recv(fd, buffer.baseAddress, buffer.count, 0) }
     }
 
+    /// True if a read would not wait now (`poll(2)` without waiting): bytes, an end of stream
+    /// or an error is there to be read. A connection that should be silent and is readable has
+    /// usually been closed by its peer.
+    public var isReadable: Bool {
+        var entry = pollfd(fd: fd, events: pollIn, revents: 0)
+        return poll(&entry, 1, 0) > 0
+    }
+
     /// Reads until the peer finishes sending, keeping at most `limit` bytes; throws
     /// `TimeoutError` if the end has not come within `timeout`.
     public func readToEnd(limit: Int = 64 << 20, timeout: Duration = .seconds(10)) throws -> [UInt8] {

@@ -25,10 +25,13 @@ final class ControlChannel: Sendable {
     /// The joins running for users this client was asked about; nil once the connection has
     /// ended, so that a join starting after that is refused instead of forgotten.
     private let joins = Locked<[ObjectIdentifier: Join]?>([:])
+    /// Proxy connections this client keeps ready, if it asked for any (`pool <n>`).
+    let pool: ProxyPool
 
-    init(_ connection: Connection, sendTimeout: Duration) {
+    init(_ connection: Connection, sendTimeout: Duration, poolMaxAge: Duration) {
         self.connection = connection
         self.sendTimeout = sendTimeout
+        pool = ProxyPool(maxAge: poolMaxAge)
     }
 
     func send(_ message: ServerMessage) throws {

@@ -68,6 +68,7 @@ public struct EchoClient: Sendable {
                     events(.proxyFailed(id: id, error: "\(error)"))  // the server times the user out
                 }
             case .error(let reason): events(.serverError(reason))
+            case .fillPool, .user: break  // the proxy pool: for clients that ask for one (stage 3)
             case .closing(let reason): throw ClosedByServer(reason: reason)
             }
         }

@@ -131,7 +131,7 @@ public final class TunnelServer: Sendable {
     // MARK: Step 1: the control connection
 
     func serveControl(_ connection: Connection, stop: StopSignal) {
-        let channel = ControlChannel(connection, sendTimeout: heartbeatTimeout)
+        let channel = ControlChannel(connection, sendTimeout: heartbeatTimeout, poolMaxAge: limits.poolMaxAge)
         let peer = connection.peer
         controlConnections.withLock { $0[ObjectIdentifier(connection)] = connection }
         defer {
@@ -163,6 +163,8 @@ public final class TunnelServer: Sendable {
                     switch try ClientMessage(line: line) {
                     case .ping: try channel.send(.pong)
                     case .register: try register(channel)
+                    case .pool(let size):
+                        for id in channel.pool.resize(to: size) { try channel.send(.fillPool(id)) }
                     case .proxy: try channel.send(.error("proxy <id> goes on the proxy port, not the control port"))
                     }
                 } catch let error as ProtocolError {
@@ -187,6 +189,7 @@ public final class TunnelServer: Sendable {
         // them their transfer failed, where a quiet end of stream could pass for success.
         client.withLock { if $0 === channel { $0 = nil } }
         if channel.wasReplaced.current { reason = "replaced by a newer client" }
+        channel.pool.end()
         let released = waiting.takeAll(askedOver: channel)
         for user in released {
             user.connection.close()
@@ -225,6 +228,10 @@ public final class TunnelServer: Sendable {
             users.give(host)
             return events(.noClient(user: user.peer))
         }
+        if let pooled = takePooledProxy(of: channel, for: user) {
+            joinUser(user, to: pooled, early: [], through: channel)
+            return users.give(host)
+        }
         let entry = WaitingUser(connection: user, askedOver: channel) { [users] in users.give(host) }
         let id = waiting.add(entry)
         do {
@@ -248,60 +255,90 @@ public final class TunnelServer: Sendable {
         }
     }
 
+    /// A parked proxy connection from the client's pool, told about `user`; nil when the pool
+    /// has none fit for use (then the user is asked for the usual way). Refills the pool.
+    private func takePooledProxy(of channel: ControlChannel, for user: Connection) -> Connection? {
+        while true {
+            let (pooled, refill) = channel.pool.take()
+            for id in refill { try? channel.send(.fillPool(id)) }
+            guard let pooled else { return nil }
+            do {
+                try pooled.write(ServerMessage.user(user.peer).encoded, deadline: .now + proxyTimeout)
+                events(.pooledProxy(user: user.peer, proxy: pooled.peer))
+                return pooled
+            } catch {
+                pooled.close()  // gone while parked: try the next one
+            }
+        }
+    }
+
     // MARK: Steps 4 and 5: a proxy connection names its user, and the two are joined
 
     func serveProxy(_ proxy: Connection) {
         let reader = LineReader(proxy, maxLineLength: 64)
         // The registered client's own proxy connections come in bursts, one per user arriving,
         // and are bounded by the users waiting (`--max-users`): only strangers are counted.
-        let fromClient = client.current?.connection.peer.host == proxy.peer.host
-        let matched = fromClient ? identify(proxy, reader) : counted(proxy, in: pendingProxies) { identify(proxy, reader) } ?? nil
-        guard let user = matched else { return }
-        defer { user.release() }
-        events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
-
-        // Bytes the client sent right after its `proxy <id>` line are already in the reader's
-        // buffer: they are the start of the user's data, so they go first.
-        let early = reader.takeBuffered()
-        do {
-            try user.connection.write(early)
-        } catch {
-            user.connection.close()
-            proxy.close()
-            return events(.userFinished(user: user.connection.peer, sent: 0, received: 0, error: "\(error)"))
+        let channel = client.current
+        let fromClient = channel?.connection.peer.host == proxy.peer.host
+        let named = fromClient ? readProxyID(proxy, reader) : counted(proxy, in: pendingProxies) { readProxyID(proxy, reader) } ?? nil
+        guard let id = named else { return }
+        if let user = waiting.take(id) {
+            defer { user.release() }
+            events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
+            // Bytes the client sent right after its `proxy <id>` line are already in the reader's
+            // buffer: they are the start of the user's data, so they go first.
+            joinUser(user.connection, to: proxy, early: reader.takeBuffered(), through: user.askedOver)
+        } else if let channel, channel.pool.claim(id) {
+            guard reader.takeBuffered().isEmpty, channel.pool.park(proxy) else {
+                return reject(proxy, "a pooled proxy connection must wait in silence for its user")
+            }
+            events(.proxyParked(proxy: proxy.peer))
+        } else {
+            reject(proxy, "id \(id.short) is not waiting: never issued, expired, or already used")
         }
-        let join = Join(user.connection, proxy, timeouts: limits.joinTimeouts)
-        if !user.askedOver.track(join) { join.abort("the client's control connection had ended") }
+    }
+
+    /// Step 5: joins `user` to `proxy` until both are done, `early` (bytes from the client that
+    /// came with its `proxy <id>` line) first. The join is reset if `channel`'s client goes.
+    private func joinUser(_ user: Connection, to proxy: Connection, early: [UInt8], through channel: ControlChannel) {
+        do {
+            try user.write(early)
+        } catch {
+            user.close()
+            proxy.close()
+            return events(.userFinished(user: user.peer, sent: 0, received: 0, error: "\(error)"))
+        }
+        let join = Join(user, proxy, timeouts: limits.joinTimeouts)
+        if !channel.track(join) { join.abort("the client's control connection had ended") }
         let result = join.run()
-        user.askedOver.untrack(join)
-        events(.userFinished(user: user.connection.peer, sent: result.forward, received: early.count + result.backward,
+        channel.untrack(join)
+        events(.userFinished(user: user.peer, sent: result.forward, received: early.count + result.backward,
                              error: result.error.map { "\($0)" }))
     }
 
-    /// Reads a proxy connection's `proxy <id>` line and takes its user out of the table;
-    /// nil (with the connection closed and the reason logged) if there is no such user.
-    private func identify(_ proxy: Connection, _ reader: LineReader) -> WaitingUser? {
+    /// Reads a proxy connection's `proxy <id>` line; nil (with the connection closed and the
+    /// reason logged) if it does not send one in time.
+    private func readProxyID(_ proxy: Connection, _ reader: LineReader) -> ProxyID? {
         do {
             guard let line = try reader.readLine(deadline: .now + proxyTimeout) else {
-                return reject(proxy, "it closed without naming a user")
+                reject(proxy, "it closed without naming a user")
+                return nil
             }
             guard case .proxy(let id) = try? ClientMessage(line: line) else {
-                return reject(proxy, "its first line was not proxy <id>")
+                reject(proxy, "its first line was not proxy <id>")
+                return nil
             }
-            guard let user = waiting.take(id) else {
-                return reject(proxy, "id \(id.short) is not waiting: never issued, expired, or already used")
-            }
-            return user
+            return id
         } catch is TimeoutError {
-            return reject(proxy, "it sent no proxy <id> line within \(proxyTimeout)")
+            reject(proxy, "it sent no proxy <id> line within \(proxyTimeout)")
         } catch {
-            return reject(proxy, "\(error)")
+            reject(proxy, "\(error)")
         }
+        return nil
     }
 
-    private func reject(_ proxy: Connection, _ reason: String) -> WaitingUser? {
+    private func reject(_ proxy: Connection, _ reason: String) {
         proxy.close()
         events(.proxyRejected(proxy: proxy.peer, reason: reason))
-        return nil
     }
 }

@@ -20,6 +20,10 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
     case askFailed(user: Endpoint, error: String)
     case userTimedOut(user: Endpoint, after: Duration)
     case proxyMatched(proxy: Endpoint, user: Endpoint)
+    /// A proxy connection of the client's pool is waiting for a user.
+    case proxyParked(proxy: Endpoint)
+    /// A user took a pooled proxy connection: no `create_proxy` round trip for it.
+    case pooledProxy(user: Endpoint, proxy: Endpoint)
     case proxyRejected(proxy: Endpoint, reason: String)
     case userFinished(user: Endpoint, sent: Int, received: Int, error: String?)
 
@@ -37,7 +41,8 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
         case let .controlClosed(client, _, _, _): client.host
         case .userConnected(let user), .noClient(let user): user.host
         case let .askedForProxy(user, _, _), let .askFailed(user, _), let .userTimedOut(user, _): user.host
-        case let .proxyMatched(proxy, _), let .proxyRejected(proxy, _): proxy.host
+        case let .proxyMatched(proxy, _), let .proxyRejected(proxy, _), let .proxyParked(proxy): proxy.host
+        case let .pooledProxy(user, _): user.host
         case let .userFinished(user, _, _, _): user.host
         }
     }
@@ -76,6 +81,10 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
             "[3] user \(user) closed: no proxy connection arrived within \(after)"
         case let .proxyMatched(proxy, user):
             "[4] proxy connection from \(proxy) matched user \(user); joining them"
+        case .proxyParked(let proxy):
+            "[4] proxy connection from \(proxy) waits in the pool for a user"
+        case let .pooledProxy(user, proxy):
+            "[3] user \(user) takes the pooled proxy connection from \(proxy), told it so; [4] joining them"
         case let .proxyRejected(proxy, reason):
             "[4] proxy connection from \(proxy) closed: \(reason)"
         case let .userFinished(user, sent, received, error):

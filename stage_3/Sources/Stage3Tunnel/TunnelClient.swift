@@ -4,7 +4,8 @@
 // (step 5, stage 0's `join`). It never needs to know the app's protocol: HTTP, SSH, Redis
 // and anything else over TCP go through as bytes.
 // New as well: when the control connection drops or cannot be made, the client tries again,
-// waiting longer each time (Backoff.swift), so a server restart heals on its own.
+// waiting longer each time (Backoff.swift), so a server restart heals on its own. And with
+// `pool`, it keeps proxy connections open before users come (stage 2's ProxyPool.swift).
 
 import Stage0Pipe
 import Stage1Control
@@ -26,6 +27,8 @@ public struct TunnelClientSettings: Sendable {
     public var maxUsers = ServerLimits().maxUsers
     /// Idle and stall timeouts for joined users, as on the server (`--idle-timeout`, `--stall-timeout`).
     public var joinTimeouts = ServerLimits().joinTimeouts
+    /// Proxy connections to keep open, ready for users (`--pool`, 0 to 16; 0: none).
+    public var pool = 0
 
     public init(localApp: Endpoint, control: Endpoint, proxy: Endpoint) {
         self.localApp = localApp
@@ -92,11 +95,15 @@ public final class TunnelClient: Sendable {
             case .registered:
                 registered()
                 events(.registered(server: control.peer, localApp: settings.localApp))
+                if settings.pool > 0 { try control.write(ClientMessage.pool(settings.pool).encoded) }
+            case .fillPool(let id):
+                openPooledProxy(id)
             case let .createProxy(id, user):
                 events(.userArrived(user: user, id: id))
                 serveUserOnItsThread(user, id: id)
             case .error(let reason): events(.serverError(reason))
             case .closing(let reason): throw ClosedByServer(reason: reason)
+            case .user: events(.serverError("`user` belongs on a pooled proxy connection, not the control connection"))
             }
         }
         switch ending {
@@ -109,14 +116,7 @@ public final class TunnelClient: Sendable {
     /// no thread can be had. Then the request is turned down here (the server closes the
     /// user when no proxy connection comes) and the users already joined keep working.
     private func serveUserOnItsThread(_ user: Endpoint, id: ProxyID) {
-        let room = users.withLock { count in
-            guard count < settings.maxUsers else { return false }
-            count += 1
-            return true
-        }
-        guard room else {
-            return events(.userTurnedDown(user: user, reason: "already \(settings.maxUsers) users (--max-users)"))
-        }
+        guard countUser(user) else { return }
         do {
             try startThread("user \(user)") {
                 defer { self.users.withLock { $0 -= 1 } }
@@ -128,21 +128,65 @@ public final class TunnelClient: Sendable {
         }
     }
 
+    /// Counts one more user against `maxUsers`, or turns it down (false).
+    private func countUser(_ user: Endpoint) -> Bool {
+        let room = users.withLock { count in
+            guard count < settings.maxUsers else { return false }
+            count += 1
+            return true
+        }
+        if !room { events(.userTurnedDown(user: user, reason: "already \(settings.maxUsers) users (--max-users)")) }
+        return room
+    }
+
     /// Steps 4 and 5 for one user: proxy connection, private connection, join.
     private func serveUser(_ user: Endpoint, id: ProxyID) {
         let proxy: Connection
         do {
-            proxy = try connect(settings.proxy)
+            proxy = try openProxy(id)
         } catch {
             return events(.proxyFailed(user: user, error: "\(error)"))
         }
+        events(.proxyOpened(user: user, local: proxy.local))
+        joinToApp(proxy, user: user, early: [])
+    }
+
+    /// Step 4 ahead of time, for the pool: opens a proxy connection named `id` on a thread of
+    /// its own, which waits there until the server says `user <address>` on it, and then joins
+    /// that user to the app. The server closes a pooled connection that waited too long.
+    private func openPooledProxy(_ id: ProxyID) {
+        do {
+            try startThread("pooled proxy") {
+                guard let proxy = try? self.openProxy(id) else { return }
+                let reader = LineReader(proxy, maxLineLength: 64)
+                guard let line = try? reader.readLine(), case .user(let user) = try? ServerMessage(line: line) else {
+                    return self.release(proxy)  // closed unused (too old, or the client stopped)
+                }
+                self.events(.pooledUserArrived(user: user, local: proxy.local))
+                guard self.countUser(user) else { return self.release(proxy) }
+                defer { self.users.withLock { $0 -= 1 } }
+                self.joinToApp(proxy, user: user, early: reader.takeBuffered())
+            }
+        } catch {
+            events(.serverError("cannot keep a pooled proxy connection: \(error)"))
+        }
+    }
+
+    /// A proxy connection to the server, named `id` in its first line.
+    private func openProxy(_ id: ProxyID) throws -> Connection {
+        let proxy = try connect(settings.proxy)
         do {
             try proxy.write(ClientMessage.proxy(id).encoded)
         } catch {
             release(proxy)
-            return events(.proxyFailed(user: user, error: "\(error)"))
+            throw error
         }
-        events(.proxyOpened(user: user, local: proxy.local))
+        return proxy
+    }
+
+    /// Steps 4 and 5 on this side: the private connection to the app, joined to `proxy`;
+    /// `early`, the user's first bytes if they came with the line that announced it, go first.
+    private func joinToApp(_ proxy: Connection, user: Endpoint, early: [UInt8]) {
         let app: Connection
         do {
             app = try connect(settings.localApp, timeout: .seconds(5))
@@ -153,10 +197,17 @@ public final class TunnelClient: Sendable {
             return events(.appUnreachable(user: user, app: settings.localApp, error: "\(error)"))
         }
         events(.appConnected(user: user, app: settings.localApp))
+        do {
+            try app.write(early)
+        } catch {
+            release(proxy)
+            release(app)
+            return events(.userFinished(user: user, sent: 0, received: 0, error: "\(error)"))
+        }
         let result = join(proxy, app, timeouts: settings.joinTimeouts)
         release(proxy)
         release(app)
-        events(.userFinished(user: user, sent: result.forward, received: result.backward,
+        events(.userFinished(user: user, sent: early.count + result.forward, received: result.backward,
                              error: result.error.map { "\($0)" }))
     }
 
@@ -183,6 +234,7 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     case serverError(String)
     case userArrived(user: Endpoint, id: ProxyID)
     case userTurnedDown(user: Endpoint, reason: String)
+    case pooledUserArrived(user: Endpoint, local: Endpoint)
     case proxyOpened(user: Endpoint, local: Endpoint)
     case proxyFailed(user: Endpoint, error: String)
     case appConnected(user: Endpoint, app: Endpoint)
@@ -196,6 +248,7 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
         case .connected, .registered, .controlLost, .cannotReachServer, .retrying, .serverError: nil
         case let .userArrived(user, _), let .userTurnedDown(user, _), let .proxyOpened(user, _),
             let .proxyFailed(user, _), let .appConnected(user, _), let .appUnreachable(user, _, _),
+            let .pooledUserArrived(user, _),
             let .userFinished(user, _, _, _):
             user.host
         }
@@ -217,6 +270,8 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
             "[1] the server answered with an error: \(reason)"
         case let .userArrived(user, id):
             "[3] user \(user) connected: the server asks for a proxy connection (id \(id.short))"
+        case let .pooledUserArrived(user, local):
+            "[3] user \(user) connected: it takes our pooled proxy connection from \(local), no round trip"
         case let .userTurnedDown(user, reason):
             "[3] not serving user \(user): \(reason); the server will close it"
         case let .proxyOpened(user, local):

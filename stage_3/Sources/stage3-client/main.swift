@@ -13,6 +13,7 @@ let tool = Tool(
         usage: stage3-client <local-app host:port> [server-host] [--control-port N] [--proxy-port N]
                              [--secret word] [--interval duration] [--timeout duration]
                              [--max-users N] [--idle-timeout duration] [--stall-timeout duration]
+                             [--pool N]
 
         Makes the app at <local-app host:port> reachable on the server's public port.
         Dials out to the server (default 127.0.0.1), so it works from behind NAT; if the
@@ -32,6 +33,8 @@ let tool = Tool(
           --stall-timeout duration
                                reset a joined user whose peer reads nothing we send for this long
                                (default 60s; 0 for never)
+          --pool N             keep N proxy connections open, ready for users, so a user does not
+                               wait for steps 3 and 4 (0 to 16; default 0)
           -h, --help           show this help
 
         example: python3 -m http.server 8000 --bind 127.0.0.1 & stage3-client 127.0.0.1:8000
@@ -44,6 +47,7 @@ let settings = tool.parse { arguments in
     let heartbeat = try Heartbeat.fromFlags(&arguments)
     let defaults = ServerLimits()  // the client's limits default to the server's
     let maxUsers = try arguments.count("--max-users", default: defaults.maxUsers)
+    let pool = try arguments.count("--pool", default: 0, range: 0...16)
     let joinTimeouts = JoinTimeouts(
         idle: try arguments.timeout("--idle-timeout", default: defaults.joinTimeouts.idle),
         stall: try arguments.timeout("--stall-timeout", default: defaults.joinTimeouts.stall))
@@ -61,6 +65,7 @@ let settings = tool.parse { arguments in
     settings.secret = secret
     settings.heartbeat = heartbeat
     settings.maxUsers = maxUsers
+    settings.pool = pool
     settings.joinTimeouts = joinTimeouts
     return settings
 }
