@@ -11,7 +11,7 @@ public final class LogThrottle: Sendable {
     /// sources gone quiet.
     private let leftOut = Locked<(counts: [String: Int], lastSweep: ContinuousClock.Instant?)>(([:], nil))
 
-    public init(burst: Int = 20, perSecond: Int = 5) {
+    public init(burst: Int = 20, perSecond: Double = 5) {
         budget = TokenBuckets(burst: burst, perSecond: perSecond)
     }
 

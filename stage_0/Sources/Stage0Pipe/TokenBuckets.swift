@@ -12,9 +12,9 @@ public final class TokenBuckets: Sendable {
     private let maxKeys: Int
     private let buckets = Locked<[String: (tokens: Double, refilled: ContinuousClock.Instant)]>([:])
 
-    public init(burst: Int, perSecond: Int, maxKeys: Int = 4096) {
+    public init(burst: Int, perSecond: Double, maxKeys: Int = 4096) {
         self.burst = Double(burst)
-        self.perSecond = Double(perSecond)
+        self.perSecond = perSecond
         self.maxKeys = maxKeys
     }
 

@@ -13,7 +13,7 @@ import Stage2Proxy
 public final class GuessLimit: Sendable {
     private let wrongGuesses: TokenBuckets
 
-    public init(burst: Int = 10, perSecond: Int = 10) {
+    public init(burst: Int = 10, perSecond: Double = 10) {
         wrongGuesses = TokenBuckets(burst: burst, perSecond: perSecond)
     }
 
