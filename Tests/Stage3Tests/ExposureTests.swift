@@ -16,14 +16,6 @@ private func register(_ server: RunningServer3, secret: String? = nil) throws ->
     return control
 }
 
-/// The id in the next `create_proxy <id> <user>` line on `control`.
-private func nextRequest(_ control: Connection) throws -> ProxyID {
-    let line = try #require(try control.readLineForTest())
-    let words = line.split(separator: " ")
-    try #require(words.count == 3 && words[0] == "create_proxy", "got \(line)")
-    return try #require(ProxyID(String(words[1])))
-}
-
 /// True if the connection ends without a byte, cleanly or in a reset: closed without a word.
 private func closedWithoutAWord(_ connection: Connection) -> Bool {
     do {
@@ -162,11 +154,7 @@ struct ExposureTests {
 
     @Test("a user that stops reading a download is reset after the stall timeout")
     func stalledReaderIsReset() throws {
-        let firehose = try RunningServer { connection in  // an app that sends without end
-            let chunk = [UInt8](repeating: 1, count: 65536)
-            while (try? connection.write(chunk)) != nil {}
-            connection.close()
-        }
+        let firehose = try firehoseServer()
         defer { firehose.stop() }
         var limits = ServerLimits()
         limits.joinTimeouts = JoinTimeouts(idle: nil, stall: .milliseconds(300))
@@ -190,7 +178,7 @@ struct ExposureTests {
         defer { user.close() }
         let proxy = try Connection.connect(to: server.proxy)
         defer { proxy.close() }
-        try proxy.write("proxy \(try nextRequest(control))\n")
+        try proxy.write("proxy \(try nextID(control, "create_proxy"))\n")
         try user.write("mid-transfer")
         #expect(try proxy.read(exactly: 12) == Array("mid-transfer".utf8))
 

@@ -106,11 +106,7 @@ struct FullTunnelTests {
 
     @Test("client killed mid-transfer: the user is closed, and the server keeps serving")
     func clientKilledMidTransfer() throws {
-        let firehose = try RunningServer { connection in  // an app that sends without end
-            let chunk = [UInt8](repeating: 1, count: 65536)
-            while (try? connection.write(chunk)) != nil {}
-            connection.close()
-        }
+        let firehose = try firehoseServer()
         defer { firehose.stop() }
         let (server, client) = try startTunnel(app: firehose.endpoint)
         defer { server.stop() }

@@ -19,14 +19,6 @@ private func rawClient(_ server: RunningServer3, pool size: Int) throws -> Conne
     return control
 }
 
-/// The next line on `control` with `command` first, and its id.
-private func nextID(_ control: Connection, _ command: String) throws -> ProxyID {
-    let line = try #require(try control.readLineForTest())
-    let words = line.split(separator: " ")
-    try #require(words.count >= 2 && words[0] == command, "got \(line)")
-    return try #require(ProxyID(String(words[1])))
-}
-
 @Suite("Stage 3: the proxy pool")
 struct PoolTests {
     @Test("users take pooled proxy connections, and the pool is refilled behind them")

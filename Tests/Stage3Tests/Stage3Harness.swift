@@ -73,6 +73,15 @@ final class RunningClient3: Sendable {
     }
 }
 
+/// For a client typed by hand: the id in the next line on `control`, which must be `command`
+/// (`create_proxy <id> <user>`, `fill_pool <id>`).
+func nextID(_ control: Connection, _ command: String) throws -> ProxyID {
+    let line = try #require(try control.readLineForTest())
+    let words = line.split(separator: " ")
+    try #require(words.count >= 2 && words[0] == command, "got \(line)")
+    return try #require(ProxyID(String(words[1])))
+}
+
 /// A tunnel ready to use: a server, and a client registered with it, joining users to `app`.
 func startTunnel(app: Endpoint, secret: String? = nil, limits: ServerLimits = ServerLimits())
     throws -> (RunningServer3, RunningClient3)

@@ -32,6 +32,15 @@ public final class RunningServer: Sendable {
     }
 }
 
+/// An app that sends without end, until its peer goes: a download that never finishes.
+public func firehoseServer() throws -> RunningServer {
+    try RunningServer { connection in
+        let chunk = [UInt8](repeating: 1, count: 65536)
+        while (try? connection.write(chunk)) != nil {}
+        connection.close()
+    }
+}
+
 /// An echo server: writes back everything it reads, then finishes when the client does.
 public func echoServer() throws -> RunningServer {
     try RunningServer { connection in
