@@ -45,7 +45,7 @@ A NAT lab on one Linux machine: network namespaces for a laptop behind a home ro
   up         build the lab's network and leave it up; prints commands to try by hand
   down       remove everything the lab made: namespaces, processes, $STATE
   demo       show NAT stopping the user, then the stage-3 tunnel getting them through
-             (HTTP and a raw echo); exits 0 only if every check held (~15 s)
+             (HTTP and a raw echo); exits 0 only if every check held (~5 s)
   heartbeat  shrink the router's idle timeout to ${IDLE_TIMEOUT}s and show a silent control
              connection losing its mapping, and heartbeats keeping it (~1 min)
   -h, --help show this help
@@ -75,11 +75,20 @@ fail() {
     exit 1
 }
 
+# The words of a command as a learner would type them: quoted only where the shell needs it.
+typed() {
+    local word words=()
+    for word; do
+        if [[ $word =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then words+=("$word"); else words+=("'$word'"); fi
+    done
+    printf '%s' "${words[*]}"
+}
+
 # Runs "$@" in namespace $1, first printing the command the way a learner would type it.
-# Its output is indented; its exit status is returned.
+# Its output is indented (and kept in $STATE/shown.out); its exit status is returned.
 shown() {
     local ns=$1; shift
-    printf '   $ ip netns exec %s %s\n' "$ns" "$*"
+    printf '   $ ip netns exec %s %s\n' "$ns" "$(typed "$@")"
     local status=0
     ip netns exec "$ns" "$@" >"$STATE/shown.out" 2>&1 || status=$?
     sed 's/^/     /' "$STATE/shown.out"
@@ -276,6 +285,7 @@ cmd_down() {
 # start NAME NS COMMAND...: runs COMMAND in NS in the background, its output in $STATE/NAME.log.
 start() {
     local name=$1 ns=$2; shift 2
+    : >"$STATE/$name.log"
     ip netns exec "$ns" "$@" >"$STATE/$name.log" 2>&1 &
     echo $! >"$STATE/$name.pid"
 }
@@ -363,23 +373,26 @@ cmd_demo() {
     start_apps
     note "the laptop runs a web app on :$APP_PORT and an echo app on :$ECHO_PORT, on all its addresses"
 
-    heading "1. The user cannot reach the laptop's app directly."
+    heading "Check 1: the user cannot reach the laptop's app directly."
+    note "on the LAN the app works (here the router asks for it):"
+    shown "$NS_ROUTER" curl -sS -m 3 "http://$LAPTOP_IP:$APP_PORT/" || fail "the app is not reachable even on the LAN"
+    note "from the internet, the only address that leads towards the laptop is the router's:"
     if shown "$NS_USER" curl -sS -m 3 "http://$ROUTER_WAN_IP:$APP_PORT/"; then
         fail "the user reached port $APP_PORT on the router's public address; the router should drop it"
     fi
     local dropped
     dropped=$(ip netns exec "$NS_ROUTER" nft list chain inet router input | grep -oE 'packets [0-9]+' | head -n 1)
-    note "the router's input chain counted: $dropped dropped (the SYN and its retries)"
+    note "no answer at all: the router's input chain dropped the SYN and its retries (${dropped#packets } packets)"
+    note "and the laptop's own address is private: the internet has no route to it:"
     if shown "$NS_USER" curl -sS -m 3 "http://$LAPTOP_IP:$APP_PORT/"; then
         fail "the user reached the laptop's private address; the internet should have no route to it"
     fi
-    shown "$NS_ROUTER" curl -sS -m 3 "http://$LAPTOP_IP:$APP_PORT/" >/dev/null ||
-        fail "the app is not reachable even on the LAN"
-    ok "the app works on the LAN, but from outside there is no way in: the router's public"
-    note "  address drops connections that start outside, and the laptop's own address is"
-    note "  private, so the internet has no route to it"
+    if shown "$NS_INTERNET" ip route get "$LAPTOP_IP"; then
+        fail "the internet has a route to the laptop's private address"
+    fi
+    ok "from outside there is no way in"
 
-    heading "2. The laptop can reach the server (outbound is allowed)."
+    heading "Check 2: the laptop can reach the server (outbound is allowed)."
     start_with_secret server "$NS_SERVER" "$BIN/stage3-server" --host "$SERVER_IP"
     wait_for_log server 'listening' 10 || fail "stage3-server did not start"
     note "started: TUNNEL_SECRET=… ip netns exec $NS_SERVER stage3-server --host $SERVER_IP"
@@ -389,7 +402,7 @@ cmd_demo() {
     grep -E '\[1\] registered' "$STATE/client.log" | sed 's/^/     /'
     ok "the client's control connection went out through the router and registered"
 
-    heading "3. The router translated it: the server sees the router's address, not the laptop's."
+    heading "Check 3: the router translated it: the server sees the router's address, not the laptop's."
     local flows
     flows=$(control_flows)
     if [[ -n $flows ]]; then
@@ -411,7 +424,7 @@ cmd_demo() {
     fi
     ok "the server only ever sees $ROUTER_WAN_IP: the laptop's address never leaves the LAN"
 
-    heading "4. Through the tunnel, the user gets the laptop's web app."
+    heading "Check 4: through the tunnel, the user gets the laptop's web app."
     local page
     page=$(shown "$NS_USER" curl -sS -m 10 "http://$SERVER_IP:$PUBLIC_PORT/") ||
         { printf '%s\n' "$page"; fail "the user's curl through the tunnel failed"; }
@@ -422,7 +435,7 @@ cmd_demo() {
     note "  connection, and the client dialed out again with the proxy connection: every"
     note "  connection through the router was opened from inside"
 
-    heading "5. Any TCP protocol: a raw line echo instead of HTTP."
+    heading "Check 5: any TCP protocol: a raw line echo instead of HTTP."
     stop client
     start_with_secret client "$NS_LAPTOP" "$BIN/stage3-client" "127.0.0.1:$ECHO_PORT" "$SERVER_IP"
     note "restarted the client for the echo app: stage3-client 127.0.0.1:$ECHO_PORT $SERVER_IP"
@@ -440,13 +453,113 @@ cmd_demo() {
 # ---------------------------------------------------------------------------------------------
 # heartbeat
 
+# The router's entry for the control connection: protocol, seconds left, state, both directions.
+show_control_flow() {
+    local flows
+    flows=$(control_flows)
+    printf '   $ ip netns exec %s conntrack -L -p tcp --dport %s\n' "$NS_ROUTER" "$CONTROL_PORT"
+    if [[ -n $flows ]]; then
+        sed 's/^/     /' <<<"$flows"
+    else
+        note "  (no entry: the router has no mapping for the control connection)"
+    fi
+}
+
+# has_control_mapping: true while the router tracks an established control connection.
+has_control_mapping() {
+    control_flows | grep -q ESTABLISHED
+}
+
+start_tunnel_server() {
+    # --timeout 300s: the server itself must not drop a quiet client, so that only the router's
+    # idle timeout is at work. --proxy-timeout 5s: a user not served is closed after 5 s.
+    start_with_secret server "$NS_SERVER" "$BIN/stage3-server" --host "$SERVER_IP" --timeout 300s --proxy-timeout 5s
+    wait_for_log server 'listening' 10 || fail "stage3-server did not start"
+}
+
 cmd_heartbeat() {
-    heading "heartbeat: not written yet"
-    exit 1
+    begin_run
+    command -v conntrack >/dev/null || die "heartbeat needs conntrack to watch the router's mappings (apt-get install conntrack)"
+    echo "nat-lab heartbeat: why the control connection needs heartbeats"
+    print_map
+    start_apps
+    shown "$NS_ROUTER" sysctl -w "net.netfilter.nf_conntrack_tcp_timeout_established=$IDLE_TIMEOUT" ||
+        fail "could not shorten the router's idle timeout"
+    note "the router now forgets an established TCP flow after ${IDLE_TIMEOUT} s without a packet"
+    note "(Linux's default is 5 days; home routers and carrier NATs often keep only minutes)"
+
+    heading "Run 1: heartbeats far apart (a ping every 90 s)."
+    start_tunnel_server
+    start_with_secret client "$NS_LAPTOP" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP" --interval 90s --timeout 180s
+    note "started: stage3-client 127.0.0.1:$APP_PORT $SERVER_IP --interval 90s --timeout 180s"
+    note "         stage3-server --host $SERVER_IP --timeout 300s --proxy-timeout 5s (never drops it itself)"
+    wait_for_log client '\[1\] registered' 10 || fail "the client did not register"
+    local registered=$SECONDS
+    show_control_flow
+    note "waiting for the router to forget the silent control connection…"
+    local tries
+    for ((tries = 0; tries < (IDLE_TIMEOUT + 15) * 2; tries++)); do
+        has_control_mapping || break
+        sleep 0.5
+    done
+    has_control_mapping && fail "the router still tracks the control connection after $((SECONDS - registered)) s"
+    note "after $((SECONDS - registered)) s of silence:"
+    show_control_flow
+    note "a user arrives:"
+    if shown "$NS_USER" curl -sS -m 10 "http://$SERVER_IP:$PUBLIC_PORT/"; then
+        fail "the user was served although the router had forgotten the control connection"
+    fi
+    grep -E '\[(2|3)\]' "$STATE/server.log" | sed 's/^/     /'
+    grep -q '\[3\] asked client' "$STATE/server.log" || fail "the server did not ask the client for a proxy connection"
+    if grep -q '\[3\]' "$STATE/client.log"; then
+        fail "create_proxy reached the client; the router should have dropped it"
+    fi
+    note "the client's log has no [3] line: create_proxy never reached it. On the server, the"
+    note "line sits unacknowledged in the socket's send queue (Send-Q), retransmitted with"
+    note "growing back-off (timer:(on,…,retries)):"
+    shown "$NS_SERVER" ss -tno state established "( sport = :$CONTROL_PORT )"
+    grep -qE '^[0-9]+ +[1-9][0-9]* .*timer:\(on,' "$STATE/shown.out" ||
+        fail "the server's control connection shows no unacknowledged bytes being retransmitted"
+    note "each retransmission reaches the router addressed to $ROUTER_WAN_IP; it matches no"
+    note "tracked connection any more, so to the router it is new traffic from outside, and"
+    note "its input chain drops it. The client cannot tell: its side of the connection looks"
+    note "healthy, and it will not find out before it next sends something."
+    printf '   $ ip netns exec %s nft list chain inet router input | grep counter\n' "$NS_ROUTER"
+    ip netns exec "$NS_ROUTER" nft list chain inet router input | grep -o 'counter.*' | sed 's/^/     /'
+    ok "without heartbeats the mapping expired, create_proxy never arrived, the user was not served"
+    stop client
+    stop server
+
+    heading "Run 2: the default heartbeat (a ping every 5 s)."
+    start_tunnel_server
+    start_with_secret client "$NS_LAPTOP" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP"
+    note "started: stage3-client 127.0.0.1:$APP_PORT $SERVER_IP"
+    wait_for_log client '\[1\] registered' 10 || fail "the client did not register"
+    local wait=$((IDLE_TIMEOUT + 5))
+    note "waiting ${wait} s, longer than the router's idle timeout…"
+    sleep "$wait"   # the point of this run is that the time passes
+    show_control_flow
+    has_control_mapping || fail "the router forgot the control connection despite the heartbeats"
+    note "the entry's countdown (second column) restarts at ${IDLE_TIMEOUT} with every ping and pong"
+    local page
+    page=$(shown "$NS_USER" curl -sS -m 10 "http://$SERVER_IP:$PUBLIC_PORT/") ||
+        { printf '%s\n' "$page"; fail "the user was not served although the heartbeats kept the mapping"; }
+    printf '%s\n' "$page"
+    grep -q "hello from the app on the laptop" <<<"$page" || fail "the user did not get the laptop's page"
+    ok "with heartbeats the mapping stayed, and the user was served"
+
+    heading "nat-lab heartbeat: both outcomes as predicted."
+    note "run 1 (ping every 90 s): mapping gone after ${IDLE_TIMEOUT} s idle, user not served"
+    note "run 2 (ping every 5 s):  mapping kept, user served"
 }
 
 # ---------------------------------------------------------------------------------------------
 
+if (($# > 1)); then
+    echo "nat-lab: one subcommand at a time, got: $*" >&2
+    usage >&2
+    exit 2
+fi
 case ${1:-} in
     up) cmd_up ;;
     down) cmd_down ;;
