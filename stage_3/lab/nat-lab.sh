@@ -106,10 +106,9 @@ check_can_run() {
         missing+=("iproute2's \`ip netns\` (Debian/Ubuntu: apt-get install iproute2)")
     command -v nft >/dev/null || missing+=("nftables' \`nft\` (apt-get install nftables)")
     if [[ ${1:-} == full ]]; then
-        local tool
-        for tool in curl nc python3; do
-            command -v "$tool" >/dev/null || missing+=("$tool (apt-get install ${tool/nc/netcat-openbsd})")
-        done
+        command -v curl >/dev/null || missing+=("curl (apt-get install curl)")
+        command -v python3 >/dev/null || missing+=("python3, for the laptop's apps (apt-get install python3)")
+        nc -h 2>&1 | grep -q OpenBSD || missing+=("OpenBSD's nc, for its -N (apt-get install netcat-openbsd)")
         local exe
         for exe in stage3-server stage3-client; do
             [[ -x $BIN/$exe ]] || missing+=("$BIN/$exe: build it first, as yourself, in $REPO: swift build")
