@@ -62,6 +62,7 @@ EOF
 heading() { printf '\n%s\n' "$*"; }
 note() { printf '   %s\n' "$*"; }
 ok() { printf '   ✓ %s\n' "$*"; }
+indent() { sed 's/^/     /'; }
 die() { printf 'nat-lab: %s\n' "$*" >&2; exit 1; }
 
 # The failed expectation, and the logs that say why; the EXIT trap then removes the lab.
@@ -91,7 +92,7 @@ shown() {
     printf '   $ ip netns exec %s %s\n' "$ns" "$(typed "$@")"
     local status=0
     ip netns exec "$ns" "$@" >"$STATE/shown.out" 2>&1 || status=$?
-    sed 's/^/     /' "$STATE/shown.out"
+    indent <"$STATE/shown.out"
     return "$status"
 }
 
@@ -108,7 +109,9 @@ check_can_run() {
     if [[ ${1:-} == full ]]; then
         command -v curl >/dev/null || missing+=("curl (apt-get install curl)")
         command -v python3 >/dev/null || missing+=("python3, for the laptop's apps (apt-get install python3)")
-        nc -h 2>&1 | grep -q OpenBSD || missing+=("OpenBSD's nc, for its -N (apt-get install netcat-openbsd)")
+        grep -q OpenBSD < <(nc -h 2>&1) || missing+=("OpenBSD's nc, for its -N (apt-get install netcat-openbsd)")
+        [[ ${2:-} != conntrack ]] || command -v conntrack >/dev/null ||
+            missing+=("conntrack, to watch the router's table (apt-get install conntrack)")
         local exe
         for exe in stage3-server stage3-client; do
             [[ -x $BIN/$exe ]] || missing+=("$BIN/$exe: build it first, as yourself, in $REPO: swift build")
@@ -322,7 +325,7 @@ wait_for_log() {
 wait_for_port() {
     local tries
     for ((tries = 0; tries < $4 * 10; tries++)); do
-        ip netns exec "$1" ss -Hltn "sport = :$3" | grep -q "$2:$3" && return 0
+        [[ $(ip netns exec "$1" ss -Hltn "sport = :$3") == *"$2:$3"* ]] && return 0
         sleep 0.1
     done
     return 1
@@ -354,8 +357,10 @@ socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[1])), Echo).serve_forev
     wait_for_port "$NS_LAPTOP" 0.0.0.0 "$ECHO_PORT" 10 || fail "the laptop's echo app did not start"
 }
 
+# begin_run [conntrack]: check everything (conntrack too, if asked), then build the lab,
+# to be removed however the run ends.
 begin_run() {
-    check_can_run full
+    check_can_run full "${1:-}"
     lab_is_up && die "the lab is already up (nat-lab.sh up); remove it first with: $0 down"
     trap teardown EXIT
     trap 'echo; echo "nat-lab: interrupted; removing the lab"; exit 130' INT TERM
@@ -380,7 +385,7 @@ cmd_demo() {
         fail "the user reached port $APP_PORT on the router's public address; the router should drop it"
     fi
     local dropped
-    dropped=$(ip netns exec "$NS_ROUTER" nft list chain inet router input | grep -oE 'packets [0-9]+' | head -n 1)
+    dropped=$(ip netns exec "$NS_ROUTER" nft list chain inet router input | grep -oE 'packets [0-9]+')
     note "no answer at all: the router's input chain dropped the SYN and its retries (${dropped#packets } packets)"
     note "and the laptop's own address is private: the internet has no route to it:"
     if shown "$NS_USER" curl -sS -m 3 "http://$LAPTOP_IP:$APP_PORT/"; then
@@ -398,7 +403,7 @@ cmd_demo() {
     start_with_secret client "$NS_LAPTOP" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP"
     note "started: TUNNEL_SECRET=… ip netns exec $NS_LAPTOP stage3-client 127.0.0.1:$APP_PORT $SERVER_IP"
     wait_for_log client '\[1\] registered' 10 || fail "the client did not register with the server"
-    grep -E '\[1\] registered' "$STATE/client.log" | sed 's/^/     /'
+    grep -E '\[1\] registered' "$STATE/client.log" | indent
     ok "the client's control connection went out through the router and registered"
 
     heading "Check 3: the router translated it: the server sees the router's address, not the laptop's."
@@ -406,16 +411,17 @@ cmd_demo() {
     flows=$(control_flows)
     if [[ -n $flows ]]; then
         printf '   $ ip netns exec %s conntrack -L -p tcp --dport %s\n' "$NS_ROUTER" "$CONTROL_PORT"
-        sed 's/^/     /' <<<"$flows"
+        indent <<<"$flows"
         grep -q "src=$LAPTOP_IP dst=$SERVER_IP .* src=$SERVER_IP dst=$ROUTER_WAN_IP" <<<"$flows" ||
             fail "conntrack shows no flow from $LAPTOP_IP translated to $ROUTER_WAN_IP"
         note "one flow, two directions: as sent (src=$LAPTOP_IP) and as the reply must come back"
         note "(dst=$ROUTER_WAN_IP); the router rewrites every packet between the two"
     else
-        note "(conntrack is not installed; the masquerade rule's counter shows it at work instead)"
+        note "(conntrack is not installed; the masquerade rule's counter shows it at work instead:"
+        note "a NAT chain sees only the first packet of each connection, so it counts connections)"
         shown "$NS_ROUTER" nft list chain inet router postrouting
     fi
-    grep -E "control connection opened by" "$STATE/server.log" | sed 's/^/     /'
+    grep -E "control connection opened by" "$STATE/server.log" | indent
     grep -qE "control connection opened by $ROUTER_WAN_IP:" "$STATE/server.log" ||
         fail "the server's log does not show the control connection coming from $ROUTER_WAN_IP"
     if grep -q "$LAPTOP_IP" "$STATE/server.log"; then
@@ -429,7 +435,7 @@ cmd_demo() {
         { printf '%s\n' "$page"; fail "the user's curl through the tunnel failed"; }
     printf '%s\n' "$page"
     grep -q "hello from the app on the laptop" <<<"$page" || fail "the user did not get the laptop's page"
-    grep -E '\[(2|3|4)\]' "$STATE/server.log" | tail -n 3 | sed 's/^/     /'
+    grep -E '\[(2|3|4)\]' "$STATE/server.log" | tail -n 3 | indent
     ok "the user connected to the server; the server asked the client over the control"
     note "  connection, and the client dialed out again with the proxy connection: every"
     note "  connection through the router was opened from inside"
@@ -458,7 +464,7 @@ show_control_flow() {
     flows=$(control_flows)
     printf '   $ ip netns exec %s conntrack -L -p tcp --dport %s\n' "$NS_ROUTER" "$CONTROL_PORT"
     if [[ -n $flows ]]; then
-        sed 's/^/     /' <<<"$flows"
+        indent <<<"$flows"
     else
         note "  (no entry: the router has no mapping for the control connection)"
     fi
@@ -477,15 +483,14 @@ start_tunnel_server() {
 }
 
 cmd_heartbeat() {
-    begin_run
-    command -v conntrack >/dev/null || die "heartbeat needs conntrack to watch the router's mappings (apt-get install conntrack)"
+    begin_run conntrack
     echo "nat-lab heartbeat: why the control connection needs heartbeats"
     print_map
     start_apps
     shown "$NS_ROUTER" sysctl -w "net.netfilter.nf_conntrack_tcp_timeout_established=$IDLE_TIMEOUT" ||
         fail "could not shorten the router's idle timeout"
     note "the router now forgets an established TCP flow after ${IDLE_TIMEOUT} s without a packet"
-    note "(Linux's default is 5 days; home routers and carrier NATs often keep only minutes)"
+    note "(Linux's default is 5 days; home routers and carrier NATs often keep far less)"
 
     heading "Run 1: heartbeats far apart (a ping every 90 s)."
     start_tunnel_server
@@ -508,7 +513,7 @@ cmd_heartbeat() {
     if shown "$NS_USER" curl -sS -m 10 "http://$SERVER_IP:$PUBLIC_PORT/"; then
         fail "the user was served although the router had forgotten the control connection"
     fi
-    grep -E '\[(2|3)\]' "$STATE/server.log" | sed 's/^/     /'
+    grep -E '\[(2|3)\]' "$STATE/server.log" | indent
     grep -q '\[3\] asked client' "$STATE/server.log" || fail "the server did not ask the client for a proxy connection"
     if grep -q '\[3\]' "$STATE/client.log"; then
         fail "create_proxy reached the client; the router should have dropped it"
@@ -524,7 +529,7 @@ cmd_heartbeat() {
     note "its input chain drops it. The client cannot tell: its side of the connection looks"
     note "healthy, and it will not find out before it next sends something."
     printf '   $ ip netns exec %s nft list chain inet router input | grep counter\n' "$NS_ROUTER"
-    ip netns exec "$NS_ROUTER" nft list chain inet router input | grep -o 'counter.*' | sed 's/^/     /'
+    ip netns exec "$NS_ROUTER" nft list chain inet router input | grep -o 'counter.*' | indent
     ok "without heartbeats the mapping expired, create_proxy never arrived, the user was not served"
     stop client
     stop server
@@ -539,7 +544,7 @@ cmd_heartbeat() {
     sleep "$wait"   # the point of this run is that the time passes
     show_control_flow
     has_control_mapping || fail "the router forgot the control connection despite the heartbeats"
-    note "the entry's countdown (second column) restarts at ${IDLE_TIMEOUT} with every ping and pong"
+    note "its countdown (the number before ESTABLISHED) starts again at ${IDLE_TIMEOUT} with every ping and pong"
     local page
     page=$(shown "$NS_USER" curl -sS -m 10 "http://$SERVER_IP:$PUBLIC_PORT/") ||
         { printf '%s\n' "$page"; fail "the user was not served although the heartbeats kept the mapping"; }
