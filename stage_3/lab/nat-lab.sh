@@ -361,7 +361,7 @@ socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[1])), Echo).serve_forev
 # to be removed however the run ends.
 begin_run() {
     check_can_run full "${1:-}"
-    lab_is_up && die "the lab is already up (nat-lab.sh up); remove it first with: $0 down"
+    lab_is_up && die "the lab is already up (from nat-lab.sh up, or a run that was killed); remove it first with: $0 down"
     trap teardown EXIT
     trap 'echo; echo "nat-lab: interrupted; removing the lab"; exit 130' INT TERM
     build_network
