@@ -13,7 +13,11 @@
 # the namespaces have no link to the machine's own network, and every address is a
 # documentation (RFC 5737) or private one that exists only inside them.
 
-set -euo pipefail
+set -Eeuo pipefail
+# A command that fails unexpectedly (a kernel without veth or nf_tables, say) ends the run;
+# say which one, in one line, rather than leave only its own message.
+on_error() { printf 'nat-lab: failed: %s (nat-lab.sh line %s)\n' "${1%%$'\n'*}" "$2" >&2; }
+trap 'on_error "$BASH_COMMAND" "$LINENO"' ERR
 
 readonly LAB=natlab                    # prefix of every namespace, and the state folder's name
 readonly NS_LAPTOP=$LAB-laptop NS_ROUTER=$LAB-router NS_INTERNET=$LAB-internet
