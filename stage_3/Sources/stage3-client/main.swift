@@ -11,6 +11,7 @@ let tool = Tool(
     usage: """
         usage: stage3-client <local-app host:port> [server-host] [--control-port N] [--proxy-port N]
                              [--secret word] [--interval duration] [--timeout duration]
+                             [--inspect host:port]
 
         Makes the app at <local-app host:port> reachable on the server's public port.
         Dials out to the server (default 127.0.0.1), so it works from behind NAT; if the
@@ -22,16 +23,19 @@ let tool = Tool(
           --secret word        the server's shared secret (default: $TUNNEL_SECRET, else none)
           --interval duration  time between pings (default 5s)
           --timeout duration   reconnect after this much silence from the server (default 15s)
+          --inspect address    serve the live view, a page showing the diagram as users pass
+                               through, at host:port (like 127.0.0.1:4041)
           -h, --help           show this help
 
         example: python3 -m http.server 8000 --bind 127.0.0.1 & stage3-client 127.0.0.1:8000
         """)
 
-let settings = tool.parse { arguments in
+let (settings, inspect) = tool.parse { arguments in
     let controlPort = try arguments.port("--control-port", default: 60623)
     let proxyPort = try arguments.port("--proxy-port", default: 60625)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
     let heartbeat = try Heartbeat.fromFlags(&arguments)
+    let inspect = try arguments.value("--inspect").map { try parseEndpoint($0, what: "--inspect") }
     let rest = try arguments.positionals()
     guard (1...2).contains(rest.count) else {
         throw UsageError("expected the local app's host:port and, optionally, the server's host")
@@ -45,10 +49,15 @@ let settings = tool.parse { arguments in
         control: Endpoint(host: serverHost, port: controlPort), proxy: Endpoint(host: serverHost, port: proxyPort))
     settings.secret = secret
     settings.heartbeat = heartbeat
-    return settings
+    return (settings, inspect)
 }
 
-let client = TunnelClient(settings) { tool.log($0.description) }
+let inspector = inspect.map { address in tool.listen { try Inspector(title: "client", on: address) } }
+if let inspector { tool.log("live view: open \(inspector.url) in a browser") }
+let client = TunnelClient(settings) {
+    tool.log($0.description)
+    inspector?.record($0)
+}
 StopSignal().stopOnInterrupt {
     tool.log("stopping")
     client.stop()

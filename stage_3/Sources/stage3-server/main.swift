@@ -22,21 +22,27 @@ let tool = Tool(
           --timeout duration        drop a client silent this long (default 15s)
           --proxy-timeout duration  close a user whose proxy connection has not come by then, and a
                                     client that has not authenticated by then (default 10s)
+          --inspect address         serve the live view, a page showing the diagram as users pass
+                                    through, at host:port (like 127.0.0.1:4040)
           -h, --help                show this help
         """)
 
-let (flags, secret) = tool.parse { arguments in
+let (flags, secret, inspect) = tool.parse { arguments in
     let flags = try ServerFlags(&arguments)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
+    let inspect = try arguments.value("--inspect").map { try parseEndpoint($0, what: "--inspect") }
     guard try arguments.positionals().isEmpty else { throw UsageError("stage3-server takes no addresses; use --host") }
-    return (flags, secret)
+    return (flags, secret, inspect)
 }
 
 let listeners = tool.listen { try flags.bind() }
 if secret.value == nil { tool.log("no secret set: any client that reaches the control port can register") }
+let inspector = inspect.map { address in tool.listen { try Inspector(title: "server", on: address) } }
+if let inspector { tool.log("live view: open \(inspector.url) in a browser") }
 let stop = StopSignal()
 stop.stopOnInterrupt { tool.log("stopping") }
 TunnelServer(heartbeatTimeout: flags.heartbeatTimeout, proxyTimeout: flags.proxyTimeout,
              admit: secret.check(timeout: flags.proxyTimeout)) {
     tool.log($0.description)
+    inspector?.record($0)
 }.run(listeners, stop: stop)
