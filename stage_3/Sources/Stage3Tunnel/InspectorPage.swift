@@ -52,7 +52,8 @@ let inspectorPage = #"""
 <h1>ngrok-- live view <small id="title"></small> <span id="status">connecting…</span></h1>
 <svg viewBox="0 0 1200 430" role="img" aria-label="The five steps of the tunnel">
   <defs>
-    <marker id="head" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="4" markerHeight="4" orient="auto-start-reverse">
+    <marker id="head" viewBox="0 0 10 10" refX="9" refY="5" markerUnits="userSpaceOnUse" markerWidth="18" markerHeight="18"
+            orient="auto-start-reverse">
       <path d="M0,0 L10,5 L0,10 z" fill="context-stroke"/></marker>
   </defs>
   <g class="box"><rect x="20" y="10" width="190" height="90" rx="10"/>
