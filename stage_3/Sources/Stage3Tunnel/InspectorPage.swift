@@ -44,8 +44,8 @@ let inspectorPage = #"""
          text-align: center; font-size: 17px; font-weight: bold; background: #e4e4e4; color: #888; }
   .dot.on { background: #1a6ad0; color: #fff; }
   .ending-finished { color: #0d6a25; font-weight: bold; } .ending-other { color: #b00; font-weight: bold; }
-  #log { font: 15px/1.3 ui-monospace, monospace; white-space: pre-wrap; background: #111; color: #ddd;
-         padding: 8px 12px; border-radius: 8px; margin-top: 12px; max-height: 11em; overflow: hidden; }
+  #log { font: 17px/1.3 ui-monospace, monospace; white-space: pre-wrap; background: #111; color: #ddd;
+         padding: 8px 12px; border-radius: 8px; margin-top: 12px; }
 </style>
 </head>
 <body>
@@ -92,7 +92,7 @@ let inspectorPage = #"""
 "use strict";
 const $ = id => document.getElementById(id);
 const follow = new URLSearchParams(location.search).get("follow");
-const maxUsers = 50, maxLines = 12;
+const maxUsers = 50, maxLines = 10;
 let users = new Map(), lines = [], offset = 0, control = {}, frozen = false;
 
 function el(tag, text, cls) {
@@ -151,14 +151,26 @@ function drawUsers() {
   if (newest) $("addr-user").textContent = newest.user;
 }
 function drawLog() { $("log").textContent = lines.join("\n"); }
+// A user crosses the whole diagram in milliseconds; lit all at once, the steps would tell
+// nothing. So flashes queue up and play in order, one step at a time (repeats merged, and
+// only the latest few kept when the tunnel is busy); the last one stays lit a little longer.
+const flashes = [];
+let lit = null, lastStep = null, timer = null, lingering = false;
 function flash(step) {
-  const arrow = step && $("step" + step);
-  if (!arrow) return;
-  arrow.classList.remove("flash");
-  void arrow.getBoundingClientRect();  // restart the highlight if it is still on
-  arrow.classList.add("flash");
-  clearTimeout(arrow.timer);
-  arrow.timer = setTimeout(() => arrow.classList.remove("flash"), 1500);
+  if (!$("step" + step) || step === lastStep) return;
+  lastStep = step;
+  flashes.push(step);
+  flashes.splice(0, flashes.length - 6);
+  if (!lit || lingering) { clearTimeout(timer); playFlashes(); }
+}
+function playFlashes() {
+  if (lit) lit.classList.remove("flash");
+  const step = flashes.shift();
+  lit = step ? $("step" + step) : null;
+  if (!lit) { lastStep = null; return; }
+  lit.classList.add("flash");
+  lingering = flashes.length === 0;
+  timer = setTimeout(playFlashes, lingering ? 1500 : 500);
 }
 function keepUser(u) {
   users.set(u.serial, u);
