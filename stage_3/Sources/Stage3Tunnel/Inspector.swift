@@ -62,6 +62,13 @@ public final class Inspector: @unchecked Sendable {
         var dropped = false
     }
 
+    /// The address `--inspect` names: `host:port`, or a port alone for loopback (`4040` is
+    /// 127.0.0.1:4040): the page shows every user's address, so it stays local unless asked.
+    public static func address(flag text: String) throws -> Endpoint {
+        if let port = UInt16(text) { return Endpoint(host: "127.0.0.1", port: port) }
+        return try parseEndpoint(text, what: "--inspect")
+    }
+
     /// Serves the live view on `endpoint` (a background thread accepts) until `stop()`.
     /// `title` says whose events it shows: "server", "client" or "demo".
     public init(title: String, on endpoint: Endpoint, limits: Limits = Limits()) throws {

@@ -11,7 +11,7 @@ let tool = Tool(
     usage: """
         usage: stage3-client <local-app host:port> [server-host] [--control-port N] [--proxy-port N]
                              [--secret word] [--interval duration] [--timeout duration]
-                             [--inspect host:port]
+                             [--inspect address]
 
         Makes the app at <local-app host:port> reachable on the server's public port.
         Dials out to the server (default 127.0.0.1), so it works from behind NAT; if the
@@ -24,7 +24,7 @@ let tool = Tool(
           --interval duration  time between pings (default 5s)
           --timeout duration   reconnect after this much silence from the server (default 15s)
           --inspect address    serve the live view, a page showing the diagram as users pass
-                               through, at host:port (like 127.0.0.1:4041)
+                               through, at host:port, or at 127.0.0.1:port given a port alone
           -h, --help           show this help
 
         example: python3 -m http.server 8000 --bind 127.0.0.1 & stage3-client 127.0.0.1:8000
@@ -35,7 +35,7 @@ let (settings, inspect) = tool.parse { arguments in
     let proxyPort = try arguments.port("--proxy-port", default: 60625)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
     let heartbeat = try Heartbeat.fromFlags(&arguments)
-    let inspect = try arguments.value("--inspect").map { try parseEndpoint($0, what: "--inspect") }
+    let inspect = try arguments.value("--inspect").map(Inspector.address)
     let rest = try arguments.positionals()
     guard (1...2).contains(rest.count) else {
         throw UsageError("expected the local app's host:port and, optionally, the server's host")

@@ -8,7 +8,7 @@ import Stage3Tunnel
 let tool = Tool(
     name: "stage3-demo",
     usage: """
-        usage: stage3-demo [--inspect[=host:port]]
+        usage: stage3-demo [--inspect[=address]]
 
         Starts a tiny local app, the stage 3 server and client, all on loopback in this
         one process, sends one HTTP request through the tunnel's public port, prints
@@ -16,11 +16,11 @@ let tool = Tool(
 
           --inspect            serve the live view at http://127.0.0.1:4040/ (a page showing the
                                diagram as users pass through) and send a request every 2 s until
-                               Ctrl-C; --inspect=host:port serves it elsewhere (port 0: any free port)
+                               Ctrl-C; --inspect=host:port (or =port) serves it elsewhere
         """)
 let inspect = tool.parse { arguments in
     let inspect = arguments.flag("--inspect") ? Endpoint(host: "127.0.0.1", port: 4040)
-        : try arguments.value("--inspect").map { try parseEndpoint($0, what: "--inspect") }
+        : try arguments.value("--inspect").map(Inspector.address)
     guard try arguments.positionals().isEmpty else { throw UsageError("stage3-demo takes no arguments but --inspect") }
     return inspect
 }

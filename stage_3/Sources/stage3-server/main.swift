@@ -10,6 +10,7 @@ let tool = Tool(
     usage: """
         usage: stage3-server [--host address] [--control-port N] [--public-port N] [--proxy-port N]
                              [--secret word] [--timeout duration] [--proxy-timeout duration]
+                             [--inspect address]
 
         The public side of the tunnel: users connect to the public port and are joined,
         through the registered client, to the app on the client's machine.
@@ -23,14 +24,14 @@ let tool = Tool(
           --proxy-timeout duration  close a user whose proxy connection has not come by then, and a
                                     client that has not authenticated by then (default 10s)
           --inspect address         serve the live view, a page showing the diagram as users pass
-                                    through, at host:port (like 127.0.0.1:4040)
+                                    through, at host:port, or at 127.0.0.1:port given a port alone
           -h, --help                show this help
         """)
 
 let (flags, secret, inspect) = tool.parse { arguments in
     let flags = try ServerFlags(&arguments)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
-    let inspect = try arguments.value("--inspect").map { try parseEndpoint($0, what: "--inspect") }
+    let inspect = try arguments.value("--inspect").map(Inspector.address)
     guard try arguments.positionals().isEmpty else { throw UsageError("stage3-server takes no addresses; use --host") }
     return (flags, secret, inspect)
 }
