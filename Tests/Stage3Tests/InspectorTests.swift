@@ -93,16 +93,20 @@ struct InspectorTests {
 
         // Read updates until both ends have reported this user finished.
         var steps: [Int] = []
+        var tags: Set<Int> = []
         var finishes: [[String: Any]] = []
         while finishes.count < 2, let update = try viewer.next() {
             #expect(update.name == "update")
             guard let row = update.json["user"] as? [String: Any], row["user"] as? String == "\(user.local)" else { continue }
             steps.append(row["step"] as? Int ?? 0)
+            tags.insert(update.json["step"] as? Int ?? 0)
             if row["ending"] as? String == "finished" { finishes.append(row) }
         }
         #expect(finishes.count == 2, "the server and the client both reported the user finished")
         #expect(steps.first == 2 && steps.last == 5 && steps == steps.sorted(), "steps only go forward: \(steps)")
-        #expect(Set(steps) == [2, 3, 4, 5])
+        // The row may skip 4 (the server can match the proxy connection, step 5, before the
+        // client logs opening it); the arrows still flash every step, from the lines' tags.
+        #expect(tags == [2, 3, 4, 5], "updates tagged with each step: \(tags)")
         for row in finishes {
             #expect(row["sent"] as? Int == request.utf8.count)
             #expect(row["received"] as? Int == response.count)
@@ -189,6 +193,22 @@ struct InspectorTests {
         inspector.stop()
         #expect(readerThread.value(timeout: testDeadline) != nil, "stop ended the reading page's stream")
         #expect(connectedSockets(localPorts: [inspector.endpoint.port]) == 0, "every socket given back")
+    }
+
+    @Test("a page that leaves while nothing happens frees its place: reloading never hits the cap")
+    func reloads() throws {
+        var limits = Inspector.Limits()
+        limits.viewers = 1
+        limits.keepAlive = .milliseconds(20)
+        let inspector = try Inspector(title: "test", on: anyLoopbackPort, limits: limits)
+        defer { inspector.stop() }
+        for _ in 0..<3 {
+            let deadline = ContinuousClock.now + testDeadline
+            while try inspector.viewers() > 0 && ContinuousClock.now < deadline {}  // the last page is let go
+            let page = try EventStreamReader(inspector)
+            #expect(try page.next()?.name == "snapshot", "a reloaded page is served")
+            page.connection.close()
+        }
     }
 
     @Test("more pages than the cap get 503; the others stream on")

@@ -29,8 +29,8 @@ public final class Inspector: @unchecked Sendable {
         public var writeTimeout: Duration = .seconds(5)
         /// …and fall no more than this many messages behind, or it is dropped.
         public var queuedMessages = 256
-        /// A quiet stream gets a comment this often, so a closed tab is noticed.
-        public var keepAlive: Duration = .seconds(15)
+        /// A quiet stream is checked this often: a closed tab is let go, an open one gets a comment.
+        public var keepAlive: Duration = .seconds(5)
 
         public init() {}
     }
@@ -118,6 +118,7 @@ public final class Inspector: @unchecked Sendable {
         let user = apply(&state, now)
         state.log.append(line)
         state.trim(users: limits.users, lines: limits.logLines)
+        guard !viewers.isEmpty else { return }
         let update = LiveUpdate(line: line, step: step, nowMs: now, endpoints: state.endpoints,
                                 control: state.control, user: user)
         let message = serverSentEvent("update", data: json(update))
@@ -210,7 +211,7 @@ public final class Inspector: @unchecked Sendable {
         do {
             try connection.write(responseHead("200 OK", type: "text/event-stream", length: nil) + "retry: 2000\n\n",
                                  deadline: .now + limits.writeTimeout)
-            while let messages = next(for: viewer) {
+            while let messages = next(for: viewer), messages != keepAliveComment || !hasLeft(connection) {
                 try connection.write(messages, deadline: .now + limits.writeTimeout)
             }
         } catch {
@@ -221,6 +222,21 @@ public final class Inspector: @unchecked Sendable {
         connection.close()
     }
 
+    private let keepAliveComment = ": keep-alive\n\n"
+
+    /// Whether a page that should be silent has hung up (it reads 0) or said something (not a
+    /// browser): a reloaded tab frees its place at once, not after a failed write or two.
+    private func hasLeft(_ connection: Connection) -> Bool {
+        var byte: UInt8 = 0
+        do {
+            return try withUnsafeMutableBytes(of: &byte) { try connection.read(into: $0, deadline: .now) } >= 0
+        } catch is TimeoutError {
+            return false
+        } catch {
+            return true
+        }
+    }
+
     /// Waits for what `viewer` should be sent next: its queued messages, a keep-alive comment
     /// after `keepAlive` of quiet, or nil when its stream should end.
     private func next(for viewer: Viewer) -> String? {
@@ -229,7 +245,7 @@ public final class Inspector: @unchecked Sendable {
         let quietUntil = Date().addingTimeInterval(Double(limits.keepAlive.components.seconds)
             + Double(limits.keepAlive.components.attoseconds) / 1e18)
         while viewer.queue.isEmpty && !viewer.dropped && !stopped {
-            if !condition.wait(until: quietUntil) { return ": keep-alive\n\n" }
+            if !condition.wait(until: quietUntil) { return keepAliveComment }
         }
         if viewer.dropped || stopped { return nil }
         defer { viewer.queue = [] }
