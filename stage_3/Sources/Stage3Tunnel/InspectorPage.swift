@@ -36,8 +36,9 @@ let inspectorPage = #"""
   #control { font-size: 22px; margin: 4px 0 10px; padding: 8px 12px; background: #f4f4f4; border-radius: 8px; }
   #control b.registered { color: #0d6a25; } #control b.lost, #control b.unreachable, #control b.refused { color: #b00; }
   table { border-collapse: collapse; width: 100%; font-size: 22px; }
-  th { text-align: left; font-size: 18px; color: #555; border-bottom: 2px solid #999; padding: 4px 8px; }
-  td { padding: 4px 8px; border-bottom: 1px solid #ddd; font-variant-numeric: tabular-nums; }
+  th { text-align: left; font-size: 18px; color: #555; border-bottom: 2px solid #999; padding: 4px 8px; white-space: nowrap; }
+  td { padding: 4px 8px; border-bottom: 1px solid #ddd; font-variant-numeric: tabular-nums; white-space: nowrap; }
+  td.ending { white-space: normal; } td.ending small { font-size: 16px; font-weight: normal; color: #555; }
   td.n { text-align: right; }
   tr.followed td { background: #fff4d6; }
   .dot { display: inline-block; width: 30px; height: 30px; line-height: 30px; border-radius: 50%; margin-right: 4px;
@@ -60,7 +61,7 @@ let inspectorPage = #"""
     <text class="name" x="115" y="50">public user</text><text class="addr" x="115" y="78" id="addr-user">anyone</text></g>
   <g class="box"><rect x="330" y="10" width="260" height="90" rx="10"/>
     <text class="name" x="460" y="40">server</text>
-    <text class="addr" x="460" y="64" id="addr-server1">control · public · proxy</text>
+    <text class="addr" x="460" y="64" id="addr-server1"></text>
     <text class="addr" x="460" y="86" id="addr-server2"></text></g>
   <g class="box"><rect x="690" y="10" width="240" height="90" rx="10"/>
     <text class="name" x="810" y="50">client</text><text class="addr" x="810" y="78" id="addr-client">behind NAT</text></g>
@@ -142,8 +143,10 @@ function drawUsers() {
     for (let s = 2; s <= 5; s++) steps.append(el("span", String(s), s <= u.step ? "dot on" : "dot"));
     tr.append(steps, el("td", bytes(u.sent), "n"), el("td", bytes(u.received), "n"));
     tr.append(el("td", millis((u.endedMs ?? serverNow()) - u.startedMs), "n"));
-    const ending = u.ending ? u.ending + (u.detail ? ": " + u.detail : "") : "connected";
-    tr.append(el("td", ending, u.ending === "finished" ? "ending-finished" : u.ending ? "ending-other" : ""));
+    const ending = el("td", u.ending || "connected",
+                      "ending " + (u.ending === "finished" ? "ending-finished" : u.ending ? "ending-other" : ""));
+    if (u.detail) ending.append(" ", el("small", u.detail));
+    tr.append(ending);
     body.append(tr);
   }
   $("step5").classList.toggle("busy", rows.some(u => u.step === 5 && !u.ending));

@@ -122,6 +122,7 @@ extension LiveState {
         switch event {
         case .connected(let server, _):
             setControl("connected", server: server, nowMs: nowMs)
+            endpoints.control = endpoints.control ?? "\(server)"  // the client knows no more of the server
         case let .registered(server, app):
             setControl("registered", server: server, nowMs: nowMs)
             endpoints.app = "\(app)"
