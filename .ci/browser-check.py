@@ -59,20 +59,22 @@ def user_passes_while_watched(url, extra):
     user.bind(("127.0.0.1", 0))
     address = "%s:%d" % user.getsockname()
     browser = chromium(f"{url}?follow={address}", extra)
-    wait_until(lambda: state(url)["viewers"] == 1, "the page opening its event stream")
-    host, port = state(url)["endpoints"]["public"].rsplit(":", 1)
-    user.settimeout(DEADLINE)
-    user.connect((host, int(port)))
-    user.sendall(REQUEST)
-    response = b""
-    while chunk := user.recv(65536):
-        response += chunk
-    user.close()
     try:
+        wait_until(lambda: state(url)["viewers"] == 1, "the page opening its event stream")
+        host, port = state(url)["endpoints"]["public"].rsplit(":", 1)
+        user.settimeout(DEADLINE)
+        user.connect((host, int(port)))
+        user.sendall(REQUEST)
+        response = b""
+        while chunk := user.recv(65536):
+            response += chunk
+        user.close()
         dom, _ = browser.communicate(timeout=DEADLINE)
     except subprocess.TimeoutExpired:
-        browser.kill()
         fail("Chromium did not finish: the page never froze on the user it followed")
+    finally:
+        if browser.poll() is None:
+            browser.kill()
     return address, response, dom
 
 
