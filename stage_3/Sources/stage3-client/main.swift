@@ -13,7 +13,7 @@ let tool = Tool(
         usage: stage3-client <local-app host:port> [server-host] [--control-port N] [--proxy-port N]
                              [--secret word] [--interval duration] [--timeout duration]
                              [--max-users N] [--idle-timeout duration] [--stall-timeout duration]
-                             [--pool N]
+                             [--pool N] [--inspect address]
 
         Makes the app at <local-app host:port> reachable on the server's public port.
         Dials out to the server (default 127.0.0.1), so it works from behind NAT; if the
@@ -35,12 +35,14 @@ let tool = Tool(
                                (default 60s; 0 for never)
           --pool N             keep N proxy connections open, ready for users, so a user does not
                                wait for steps 3 and 4 (0 to 16; default 0)
+          --inspect address    serve the live view, a page showing the diagram as users pass
+                               through, at host:port, or at 127.0.0.1:port given a port alone
           -h, --help           show this help
 
         example: python3 -m http.server 8000 --bind 127.0.0.1 & stage3-client 127.0.0.1:8000
         """)
 
-let settings = tool.parse { arguments in
+let (settings, inspect) = tool.parse { arguments in
     let controlPort = try arguments.port("--control-port", default: 60623)
     let proxyPort = try arguments.port("--proxy-port", default: 60625)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
@@ -51,6 +53,7 @@ let settings = tool.parse { arguments in
     let joinTimeouts = JoinTimeouts(
         idle: try arguments.timeout("--idle-timeout", default: defaults.joinTimeouts.idle),
         stall: try arguments.timeout("--stall-timeout", default: defaults.joinTimeouts.stall))
+    let inspect = try arguments.value("--inspect").map(Inspector.address)
     let rest = try arguments.positionals()
     guard (1...2).contains(rest.count) else {
         throw UsageError("expected the local app's host:port and, optionally, the server's host")
@@ -67,10 +70,15 @@ let settings = tool.parse { arguments in
     settings.maxUsers = maxUsers
     settings.pool = pool
     settings.joinTimeouts = joinTimeouts
-    return settings
+    return (settings, inspect)
 }
 
-let client = TunnelClient(settings) { tool.log($0.description, from: $0.logSource) }
+let inspector = inspect.map { address in tool.listen { try Inspector(title: "client", on: address) } }
+if let inspector { tool.log("live view: open \(inspector.url) in a browser") }
+let client = TunnelClient(settings) {
+    tool.log($0.description, from: $0.logSource)
+    inspector?.record($0)
+}
 StopSignal().stopOnInterrupt {
     tool.log("stopping")
     client.stop()

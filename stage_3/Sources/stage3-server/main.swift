@@ -11,7 +11,8 @@ let tool = Tool(
     name: "stage3-server",
     usage: """
         usage: stage3-server [--host address] [--control-port N] [--public-port N] [--proxy-port N]
-                             [--secret word] [--timeout duration] [--proxy-timeout duration] [limits]
+                             [--secret word] [--timeout duration] [--proxy-timeout duration]
+                             [--inspect address] [limits]
 
         The public side of the tunnel: users connect to the public port and are joined,
         through the registered client, to the app on the client's machine.
@@ -28,17 +29,20 @@ let tool = Tool(
           --timeout duration        drop a client silent this long (default 15s)
           --proxy-timeout duration  close a user whose proxy connection has not come by then, and a
                                     client that has not authenticated by then (default 10s)
+          --inspect address         serve the live view, a page showing the diagram as users pass
+                                    through, at host:port, or at 127.0.0.1:port given a port alone
         \(ServerFlags.limitsUsage)
           -h, --help                show this help
         """)
 
-let (flags, secret) = tool.parse { arguments in
+let (flags, secret, inspect) = tool.parse { arguments in
     let flags = try ServerFlags(&arguments)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
     let insecure = arguments.flag("--insecure-no-secret")
+    let inspect = try arguments.value("--inspect").map(Inspector.address)
     guard try arguments.positionals().isEmpty else { throw UsageError("stage3-server takes no addresses; use --host") }
     try checkExposure(host: flags.host, secret: secret, insecure: insecure)
-    return (flags, secret)
+    return (flags, secret, inspect)
 }
 
 let listeners = tool.listen { try flags.bind() }
@@ -47,10 +51,13 @@ if secret.value == nil {
         + (isLoopback(flags.host) ? " (only this machine can, on \(flags.host))" : ""))
 }
 if let warning = shortSecretWarning(secret) { tool.log("warning: \(warning)") }
+let inspector = inspect.map { address in tool.listen { try Inspector(title: "server", on: address) } }
+if let inspector { tool.log("live view: open \(inspector.url) in a browser") }
 let stop = StopSignal()
 stop.stopOnInterrupt { tool.log("stopping") }
 let server = flags.server(admit: GuessLimit().guarding(secret.check(timeout: flags.proxyTimeout))) {
     tool.log($0.description, from: $0.logSource)
+    inspector?.record($0)
 }
 do {
     try server.run(listeners, stop: stop)
