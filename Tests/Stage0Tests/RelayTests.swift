@@ -217,4 +217,19 @@ struct RelayTests {
         #expect(results.wait(for: 1) { ($0.error as? JoinCut) == .aborted("the test says so") })
         #expect(maker.relaySocketsOpen == 0)
     }
+
+    @Test("an event relay pair aborted before it starts ends, reset, as soon as it starts")
+    func abortBeforeStart() throws {
+        let maker = try PairMaker()
+        let (client, a, b, app) = try maker.make()
+        defer { client.close(); app.close() }
+        let results = EventRecorder<JoinResult>()
+        let pair = try EventRelay.shared.pair(a, b)
+        pair.abort("before the start")
+        pair.start(then: results.handler)
+        #expect(endsWithReset(client))
+        #expect(endsWithReset(app))
+        #expect(results.wait(for: 1) { ($0.error as? JoinCut) == .aborted("before the start") })
+        #expect(maker.relaySocketsOpen == 0)
+    }
 }

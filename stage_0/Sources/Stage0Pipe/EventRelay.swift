@@ -59,13 +59,20 @@ public final class EventRelay: Sendable {
     /// both connections (it makes them non-blocking): do not read, write or close them.
     /// `then` runs on the loop thread, which serves every pair: keep it short (log a line,
     /// drop an entry from a table), never block in it.
+    @discardableResult
     public func start(
         _ a: Connection, _ b: Connection, timeouts: JoinTimeouts = .none,
         then: @escaping @Sendable (JoinResult) -> Void
     ) -> RelayedPair {
-        let pair = RelayPair(a, b, timeouts: timeouts, then: then)
-        send(.start(pair))
-        return RelayedPair(relay: self, pair: pair)
+        let pair = pair(a, b, timeouts: timeouts)
+        pair.start(then: then)
+        return pair
+    }
+
+    /// The same in two steps: the pair, not started yet, so that the caller can record it
+    /// (to abort it later) before any result can come back; then `RelayedPair.start`.
+    public func pair(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts = .none) -> RelayedPair {
+        RelayedPair(relay: self, pair: RelayPair(a, b, timeouts: timeouts))
     }
 
     fileprivate func send(_ command: RelayCommand) {
@@ -85,8 +92,14 @@ public final class RelayedPair: Sendable {
         self.pair = pair
     }
 
+    /// Starts relaying (once); `then` gets the result, on the loop thread (see `EventRelay.start`).
+    public func start(then: @escaping @Sendable (JoinResult) -> Void) {
+        relay.send(.start(pair, then))
+    }
+
     /// Ends the pair as failed: both peers are reset, and the result's error is
-    /// `JoinCut.aborted(reason)`. Does nothing once the pair has ended. Safe from any thread.
+    /// `JoinCut.aborted(reason)`. Does nothing once the pair has ended. Safe from any thread,
+    /// even before `start` (the pair then ends as soon as it starts).
     public func abort(_ reason: String) {
         relay.send(.abort(pair, reason))
     }
@@ -109,7 +122,7 @@ public func eventJoin(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts =
     }
     let outcome = Locked<JoinResult?>(nil)
     let ended = DispatchSemaphore(value: 0)
-    _ = relay.start(a, b, timeouts: timeouts) { result in
+    relay.start(a, b, timeouts: timeouts) { result in
         outcome.withLock { $0 = result }
         ended.signal()
     }
@@ -117,8 +130,62 @@ public func eventJoin(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts =
     return outcome.current!
 }
 
+/// Which relay joins pairs: the event loop, or a thread per direction (`--relay`).
+public enum RelayChoice: String, Sendable, CaseIterable {
+    case events, threads
+
+    /// Joins `a` and `b` with this relay. `track` gets the pair, to abort it from another
+    /// thread, before any byte moves; `then` gets it again with the result, once both
+    /// connections are closed. With threads, this blocks until then; with events, it returns
+    /// at once and `then` runs on the loop thread (keep it short).
+    public func join(
+        _ a: Connection, _ b: Connection, timeouts: JoinTimeouts,
+        track: (any AbortableJoin) -> Void, then: @escaping @Sendable (any AbortableJoin, JoinResult) -> Void
+    ) {
+        switch self {
+        case .threads:
+            let join = Join(a, b, timeouts: timeouts)
+            track(join)
+            then(join, join.run())
+        case .events:
+            do {
+                let pair = try EventRelay.shared.pair(a, b, timeouts: timeouts)
+                track(pair)
+                pair.start { then(pair, $0) }
+            } catch {
+                for connection in [a, b] {
+                    connection.resetWhenClosed()
+                    connection.close()
+                }
+                // No relay (out of descriptors or threads): a Join that never ran stands in
+                // for the pair, which nobody tracked.
+                then(Join(a, b), JoinResult(forward: 0, backward: 0, error: error))
+            }
+        }
+    }
+}
+
+extension Arguments {
+    /// `--relay events|threads`.
+    public mutating func relay(default fallback: RelayChoice) throws -> RelayChoice {
+        guard let text = try value("--relay") else { return fallback }
+        guard let choice = RelayChoice(rawValue: text) else {
+            throw UsageError("--relay expects events or threads, got \"\(text)\"")
+        }
+        return choice
+    }
+}
+
+/// A joined pair that another thread may end: a threaded `Join` or an event relay's pair.
+public protocol AbortableJoin: AnyObject, Sendable {
+    func abort(_ reason: String)
+}
+
+extension Join: AbortableJoin {}
+extension RelayedPair: AbortableJoin {}
+
 private enum RelayCommand: Sendable {
-    case start(RelayPair)
+    case start(RelayPair, @Sendable (JoinResult) -> Void)
     case abort(RelayPair, String)
 }
 
@@ -229,20 +296,23 @@ private final class RelayPair: @unchecked Sendable {
     let forward: Direction
     let backward: Direction
     let timeouts: JoinTimeouts
-    let then: @Sendable (JoinResult) -> Void
+    /// Who gets the result; set by the start command, dropped once called (the closure may
+    /// hold the pair's handle: dropping it breaks that cycle).
+    var then: (@Sendable (JoinResult) -> Void)?
     /// Where the pair is in `RelayLoop.pairs`; -1 before it is registered.
     var slot = -1
     var finished = false
+    /// An abort that came before the start: the pair ends as soon as it starts.
+    var abortedBeforeStart: String?
     /// When a byte last moved either way (kept only with an idle timeout).
     var lastActivity = ContinuousClock.now
 
-    init(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts, then: @escaping @Sendable (JoinResult) -> Void) {
+    init(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts) {
         self.a = Side(a)
         self.b = Side(b)
         forward = Direction(from: self.a, to: self.b)
         backward = Direction(from: self.b, to: self.a)
         self.timeouts = timeouts
-        self.then = then
     }
 
     var hasTimeouts: Bool { timeouts.idle != nil || timeouts.stall != nil }
@@ -344,7 +414,10 @@ private final class RelayLoop: @unchecked Sendable {
 
     private func handle(_ command: RelayCommand) {
         switch command {
-        case .start(let pair):
+        case let .start(pair, then):
+            guard pair.then == nil && !pair.finished else { return }  // started twice: the first start counts
+            pair.then = then
+            if let reason = pair.abortedBeforeStart { return finish(pair, error: JoinCut.aborted(reason)) }
             do {
                 for side in [pair.a, pair.b] {
                     let fd = side.connection.fd
@@ -363,7 +436,11 @@ private final class RelayLoop: @unchecked Sendable {
             if let deadline = pair.nextDeadline() { checkBy(deadline) }
             pump(pair)
         case let .abort(pair, reason):
-            if !pair.finished { finish(pair, error: JoinCut.aborted(reason)) }
+            if pair.then == nil {
+                pair.abortedBeforeStart = pair.abortedBeforeStart ?? reason
+            } else if !pair.finished {
+                finish(pair, error: JoinCut.aborted(reason))
+            }
         }
     }
 
@@ -411,7 +488,9 @@ private final class RelayLoop: @unchecked Sendable {
         }
         pair.forward.releaseBuffer()
         pair.backward.releaseBuffer()
-        pair.then(JoinResult(forward: pair.forward.bytes, backward: pair.backward.bytes, error: error))
+        let then = pair.then
+        pair.then = nil
+        then?(JoinResult(forward: pair.forward.bytes, backward: pair.backward.bytes, error: error))
     }
 
     private func checkBy(_ deadline: ContinuousClock.Instant) {

@@ -249,7 +249,6 @@ public final class TunnelServer: Sendable {
         guard let identified = counted(proxy, in: pending, { identify(proxy, reader) }), let user = identified else {
             return
         }
-        defer { user.release() }
         events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
 
         // Bytes the client sent right after its `proxy <id>` line are already in the reader's
@@ -260,14 +259,18 @@ public final class TunnelServer: Sendable {
         } catch {
             user.connection.close()
             proxy.close()
+            user.release()
             return events(.userFinished(user: user.connection.peer, sent: 0, received: 0, error: "\(error)"))
         }
-        let join = Join(user.connection, proxy, timeouts: limits.joinTimeouts)
-        if !user.askedOver.track(join) { join.abort("the client's control connection had ended") }
-        let result = join.run()
-        user.askedOver.untrack(join)
-        events(.userFinished(user: user.connection.peer, sent: result.forward, received: early.count + result.backward,
-                             error: result.error.map { "\($0)" }))
+        // With the event relay this returns at once and the thread ends: no thread per joined user.
+        limits.relay.join(user.connection, proxy, timeouts: limits.joinTimeouts, track: { join in
+            if !user.askedOver.track(join) { join.abort("the client's control connection had ended") }
+        }, then: { [events] join, result in
+            user.askedOver.untrack(join)
+            user.release()
+            events(.userFinished(user: user.connection.peer, sent: result.forward, received: early.count + result.backward,
+                                 error: result.error.map { "\($0)" }))
+        })
     }
 
     /// Reads a proxy connection's `proxy <id>` line and takes its user out of the table;

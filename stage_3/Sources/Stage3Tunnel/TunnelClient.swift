@@ -26,6 +26,8 @@ public struct TunnelClientSettings: Sendable {
     public var maxUsers = 1000
     /// Idle and stall timeouts for joined users, as on the server (`--idle-timeout`, `--stall-timeout`).
     public var joinTimeouts = JoinTimeouts(idle: .seconds(600), stall: .seconds(60))
+    /// What relays joined users (`--relay`): one event loop for all of them, or two threads each.
+    public var relay = RelayChoice.events
 
     public init(localApp: Endpoint, control: Endpoint, proxy: Endpoint) {
         self.localApp = localApp
@@ -119,8 +121,7 @@ public final class TunnelClient: Sendable {
         }
         do {
             try startThread("user \(user)") {
-                defer { self.users.withLock { $0 -= 1 } }
-                self.serveUser(user, id: id)
+                self.serveUser(user, id: id) { self.users.withLock { $0 -= 1 } }
             }
         } catch {
             users.withLock { $0 -= 1 }
@@ -128,8 +129,11 @@ public final class TunnelClient: Sendable {
         }
     }
 
-    /// Steps 4 and 5 for one user: proxy connection, private connection, join.
-    private func serveUser(_ user: Endpoint, id: ProxyID) {
+    /// Steps 4 and 5 for one user: proxy connection, private connection, join. Calls `done`
+    /// when the user is gone, which with the event relay is after this function has returned.
+    private func serveUser(_ user: Endpoint, id: ProxyID, done: @escaping @Sendable () -> Void) {
+        var joined = false
+        defer { if !joined { done() } }
         let proxy: Connection
         do {
             proxy = try connect(settings.proxy)
@@ -153,11 +157,15 @@ public final class TunnelClient: Sendable {
             return events(.appUnreachable(user: user, app: settings.localApp, error: "\(error)"))
         }
         events(.appConnected(user: user, app: settings.localApp))
-        let result = join(proxy, app, timeouts: settings.joinTimeouts)
-        release(proxy)
-        release(app)
-        events(.userFinished(user: user, sent: result.forward, received: result.backward,
-                             error: result.error.map { "\($0)" }))
+        // With the event relay this returns at once and the thread ends: no thread per joined user.
+        joined = true
+        settings.relay.join(proxy, app, timeouts: settings.joinTimeouts, track: { _ in }) { _, result in
+            self.release(proxy)
+            self.release(app)
+            self.events(.userFinished(user: user, sent: result.forward, received: result.backward,
+                                      error: result.error.map { "\($0)" }))
+            done()
+        }
     }
 
     private func connect(_ endpoint: Endpoint, timeout: Duration = .seconds(10)) throws -> Connection {

@@ -11,6 +11,7 @@ let tool = Tool(
     usage: """
         usage: stage3-client <local-app host:port> [server-host] [--control-port N] [--proxy-port N]
                              [--secret word] [--interval duration] [--timeout duration]
+                             [--relay events|threads]
 
         Makes the app at <local-app host:port> reachable on the server's public port.
         Dials out to the server (default 127.0.0.1), so it works from behind NAT; if the
@@ -22,6 +23,9 @@ let tool = Tool(
           --secret word        the server's shared secret (default: $TUNNEL_SECRET, else none)
           --interval duration  time between pings (default 5s)
           --timeout duration   reconnect after this much silence from the server (default 15s)
+          --relay events|threads
+                               relay users with one event loop for all (default), or with two
+                               threads per user (stage 0's join, the teaching version)
           -h, --help           show this help
 
         example: python3 -m http.server 8000 --bind 127.0.0.1 & stage3-client 127.0.0.1:8000
@@ -32,6 +36,7 @@ let settings = tool.parse { arguments in
     let proxyPort = try arguments.port("--proxy-port", default: 60625)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
     let heartbeat = try Heartbeat.fromFlags(&arguments)
+    let relay = try arguments.relay(default: .events)
     let rest = try arguments.positionals()
     guard (1...2).contains(rest.count) else {
         throw UsageError("expected the local app's host:port and, optionally, the server's host")
@@ -45,6 +50,7 @@ let settings = tool.parse { arguments in
         control: Endpoint(host: serverHost, port: controlPort), proxy: Endpoint(host: serverHost, port: proxyPort))
     settings.secret = secret
     settings.heartbeat = heartbeat
+    settings.relay = relay
     return settings
 }
 
