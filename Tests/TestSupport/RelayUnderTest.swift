@@ -1,6 +1,6 @@
-// Which relay the tunnel tests (stages 2 and 3) join users with. The event relay is the
-// servers' default; `TEST_RELAY=threads swift test` runs the same suites over stage 0's
-// threaded join, so both relays pass the same tests. (Stage 0's own relay tests run both
+// Which relay the forwarder and tunnel tests (stages 0, 2 and 3) join users with. The event
+// relay is the tunnel's default; `TEST_RELAY=threads swift test` runs the same suites over
+// stage 0's threaded join, so both relays pass the same tests. (Stage 0's own relay tests run both
 // relays in every run, whatever this says.)
 
 import Foundation
