@@ -436,9 +436,10 @@ private final class RelayLoop: @unchecked Sendable {
             if let deadline = pair.nextDeadline() { checkBy(deadline) }
             pump(pair)
         case let .abort(pair, reason):
+            if pair.finished { return }
             if pair.then == nil {
                 pair.abortedBeforeStart = pair.abortedBeforeStart ?? reason
-            } else if !pair.finished {
+            } else {
                 finish(pair, error: JoinCut.aborted(reason))
             }
         }
