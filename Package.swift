@@ -10,7 +10,9 @@ let package = Package(
     platforms: [.macOS(.v13)],
     targets: [
         // Stage 0: TCP sockets over POSIX, and the pipe that joins two connections.
-        .target(name: "Stage0Pipe", path: "stage_0/Sources/Stage0Pipe"),
+        .target(name: "Stage0Pipe", dependencies: ["CEventPoll"], path: "stage_0/Sources/Stage0Pipe"),
+        // epoll for the event relay: Glibc's Swift module does not export <sys/epoll.h>.
+        .target(name: "CEventPoll", path: "stage_0/Sources/CEventPoll"),
         .executableTarget(
             name: "stage0-forwarder", dependencies: ["Stage0Pipe"],
             path: "stage_0/Sources/stage0-forwarder"),

@@ -13,7 +13,7 @@ final class RunningForwarder: Sendable {
     var endpoint: Endpoint { server.endpoint }
 
     init(to target: Endpoint) throws {
-        let forwarder = Forwarder(target: target, events: events.handler)
+        let forwarder = Forwarder(target: target, relay: relayUnderTest, events: events.handler)
         server = try RunningServer("forwarder") { forwarder.run($0, stop: $1) }
     }
 

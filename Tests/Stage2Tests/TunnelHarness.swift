@@ -20,7 +20,10 @@ final class RunningTunnel: Sendable {
     init(proxyTimeout: Duration = .seconds(10), heartbeatTimeout: Duration = .seconds(10)) throws {
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: 0, publicPort: 0, proxyPort: 0)
         (control, self.public, proxy) = (listeners.control.endpoint, listeners.public.endpoint, listeners.proxy.endpoint)
-        let server = TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: proxyTimeout, events: events.handler)
+        var limits = ServerLimits()
+        limits.relay = relayUnderTest
+        let server = TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: proxyTimeout, limits: limits,
+                                  events: events.handler)
         thread = try BackgroundThread("tunnel server") { [stopSignal] in try? server.run(listeners, stop: stopSignal) }
     }
 

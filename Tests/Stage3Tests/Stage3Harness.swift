@@ -23,6 +23,8 @@ final class RunningServer3: Sendable {
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: ports.control, publicPort: ports.public,
                                             proxyPort: ports.proxy)
         (control, self.public, proxy) = (listeners.control.endpoint, listeners.public.endpoint, listeners.proxy.endpoint)
+        var limits = limits
+        limits.relay = relayUnderTest
         let server = TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: .seconds(10), limits: limits,
                                   admit: guesses.guarding(SharedSecret(secret).check(timeout: authTimeout)),
                                   events: events.handler)
@@ -48,6 +50,7 @@ final class RunningClient3: Sendable {
         var settings = TunnelClientSettings(localApp: app, control: server.control, proxy: server.proxy)
         settings.secret = SharedSecret(secret)
         settings.pool = pool
+        settings.relay = relayUnderTest
         settings.backoff = Backoff(initial: .milliseconds(20), maximum: .milliseconds(200))
         let client = TunnelClient(settings, events: events.handler)
         self.client = client

@@ -24,7 +24,7 @@ final class ControlChannel: Sendable {
     let wasReplaced = Locked(false)
     /// The joins running for users this client was asked about; nil once the connection has
     /// ended, so that a join starting after that is refused instead of forgotten.
-    private let joins = Locked<[ObjectIdentifier: Join]?>([:])
+    private let joins = Locked<[ObjectIdentifier: any AbortableJoin]?>([:])
     /// Proxy connections this client keeps ready, if it asked for any (`pool <n>`).
     let pool: ProxyPool
 
@@ -49,7 +49,7 @@ final class ControlChannel: Sendable {
     }
 
     /// Records a join made through this client. False if the client is gone already.
-    func track(_ join: Join) -> Bool {
+    func track(_ join: any AbortableJoin) -> Bool {
         joins.withLock { joins in
             guard joins != nil else { return false }
             joins![ObjectIdentifier(join)] = join
@@ -57,13 +57,13 @@ final class ControlChannel: Sendable {
         }
     }
 
-    func untrack(_ join: Join) {
+    func untrack(_ join: any AbortableJoin) {
         joins.withLock { _ = $0?.removeValue(forKey: ObjectIdentifier(join)) }
     }
 
     /// The control connection has ended: returns the joins still running through it, and
     /// refuses any later `track`.
-    func endJoins() -> [Join] {
+    func endJoins() -> [any AbortableJoin] {
         guard let running = joins.exchange(nil) else { return [] }
         return Array(running.values)
     }

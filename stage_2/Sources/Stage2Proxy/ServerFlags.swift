@@ -27,6 +27,8 @@ public struct ServerFlags: Sendable {
                                     (default 10m; 0 for never)
           --stall-timeout duration  reset a joined user whose peer reads nothing we send for this long
                                     (default 60s; 0 for never)
+          --relay events|threads    relay joined users with one event loop for all (default), or
+                                    with two threads per user (stage 0's join, the teaching version)
         """
 
     /// Reads the flags, each with its default when absent.
@@ -44,6 +46,7 @@ public struct ServerFlags: Sendable {
                                                           default: limits.maxPendingPerAddress)
         limits.joinTimeouts.idle = try arguments.timeout("--idle-timeout", default: limits.joinTimeouts.idle)
         limits.joinTimeouts.stall = try arguments.timeout("--stall-timeout", default: limits.joinTimeouts.stall)
+        limits.relay = try arguments.relay(default: limits.relay)
     }
 
     /// A server with these timeouts and limits.

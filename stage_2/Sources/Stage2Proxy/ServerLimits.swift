@@ -22,6 +22,8 @@ public struct ServerLimits: Sendable {
     public var maxPendingPerAddress = 16
     /// Idle and stall timeouts for joined users (`--idle-timeout`, `--stall-timeout`).
     public var joinTimeouts = JoinTimeouts(idle: .seconds(600), stall: .seconds(60))
+    /// What relays joined users (`--relay`): one event loop for all of them, or two threads each.
+    public var relay = RelayChoice.events
     /// Lines a control connection may get wrong before it is closed: a confused client gets a
     /// few `error` answers, a flood of junk does not get one answer (and log line) per line.
     public var maxProtocolErrors = 3

@@ -229,8 +229,7 @@ public final class TunnelServer: Sendable {
             return events(.noClient(user: user.peer))
         }
         if let pooled = takePooledProxy(of: channel, for: user) {
-            joinUser(user, to: pooled, early: [], through: channel)
-            return users.give(host)
+            return joinUser(user, to: pooled, early: [], through: channel) { [users] in users.give(host) }
         }
         let entry = WaitingUser(connection: user, askedOver: channel) { [users] in users.give(host) }
         let id = waiting.add(entry)
@@ -283,11 +282,10 @@ public final class TunnelServer: Sendable {
         let named = fromClient ? readProxyID(proxy, reader) : counted(proxy, in: pendingProxies) { readProxyID(proxy, reader) } ?? nil
         guard let id = named else { return }
         if let user = waiting.take(id) {
-            defer { user.release() }
             events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
             // Bytes the client sent right after its `proxy <id>` line are already in the reader's
             // buffer: they are the start of the user's data, so they go first.
-            joinUser(user.connection, to: proxy, early: reader.takeBuffered(), through: user.askedOver)
+            joinUser(user.connection, to: proxy, early: reader.takeBuffered(), through: user.askedOver, done: user.release)
         } else if let channel, channel.pool.claim(id) {
             guard reader.takeBuffered().isEmpty, channel.pool.park(proxy) else {
                 return reject(proxy, "a pooled proxy connection must wait in silence for its user")
@@ -298,22 +296,28 @@ public final class TunnelServer: Sendable {
         }
     }
 
-    /// Step 5: joins `user` to `proxy` until both are done, `early` (bytes from the client that
-    /// came with its `proxy <id>` line) first. The join is reset if `channel`'s client goes.
-    private func joinUser(_ user: Connection, to proxy: Connection, early: [UInt8], through channel: ControlChannel) {
+    /// Step 5: joins `user` to `proxy`, `early` (bytes from the client that came with its
+    /// `proxy <id>` line) first, and calls `done` when both are closed. The join is reset if
+    /// `channel`'s client goes.
+    private func joinUser(_ user: Connection, to proxy: Connection, early: [UInt8], through channel: ControlChannel,
+                          done: @escaping @Sendable () -> Void) {
         do {
             try user.write(early)
         } catch {
             user.close()
             proxy.close()
+            done()
             return events(.userFinished(user: user.peer, sent: 0, received: 0, error: "\(error)"))
         }
-        let join = Join(user, proxy, timeouts: limits.joinTimeouts)
-        if !channel.track(join) { join.abort("the client's control connection had ended") }
-        let result = join.run()
-        channel.untrack(join)
-        events(.userFinished(user: user.peer, sent: result.forward, received: early.count + result.backward,
-                             error: result.error.map { "\($0)" }))
+        // With the event relay this returns at once and the thread ends: no thread per joined user.
+        limits.relay.join(user, proxy, timeouts: limits.joinTimeouts, track: { join in
+            if !channel.track(join) { join.abort("the client's control connection had ended") }
+        }, then: { [events] join, result in
+            channel.untrack(join)
+            done()
+            events(.userFinished(user: user.peer, sent: result.forward, received: early.count + result.backward,
+                                 error: result.error.map { "\($0)" }))
+        })
     }
 
     /// Reads a proxy connection's `proxy <id>` line; nil (with the connection closed and the

@@ -29,6 +29,8 @@ public struct TunnelClientSettings: Sendable {
     public var joinTimeouts = ServerLimits().joinTimeouts
     /// Proxy connections to keep open, ready for users (`--pool`, 0 to 16; 0: none).
     public var pool = 0
+    /// What relays joined users (`--relay`): one event loop for all of them, or two threads each.
+    public var relay = RelayChoice.events
 
     public init(localApp: Endpoint, control: Endpoint, proxy: Endpoint) {
         self.localApp = localApp
@@ -119,8 +121,7 @@ public final class TunnelClient: Sendable {
         guard countUser(user) else { return }
         do {
             try startThread("user \(user)") {
-                defer { self.users.withLock { $0 -= 1 } }
-                self.serveUser(user, id: id)
+                self.serveUser(user, id: id) { self.users.withLock { $0 -= 1 } }
             }
         } catch {
             users.withLock { $0 -= 1 }
@@ -139,16 +140,18 @@ public final class TunnelClient: Sendable {
         return room
     }
 
-    /// Steps 4 and 5 for one user: proxy connection, private connection, join.
-    private func serveUser(_ user: Endpoint, id: ProxyID) {
+    /// Steps 4 and 5 for one user: proxy connection, private connection, join. Calls `done`
+    /// when the user is gone, which with the event relay is after this function has returned.
+    private func serveUser(_ user: Endpoint, id: ProxyID, done: @escaping @Sendable () -> Void) {
         let proxy: Connection
         do {
             proxy = try openProxy(id)
         } catch {
-            return events(.proxyFailed(user: user, error: "\(error)"))
+            events(.proxyFailed(user: user, error: "\(error)"))
+            return done()
         }
         events(.proxyOpened(user: user, local: proxy.local))
-        joinToApp(proxy, user: user, early: [])
+        joinToApp(proxy, user: user, early: [], done: done)
     }
 
     /// Step 4 ahead of time, for the pool: opens a proxy connection named `id` on a thread of
@@ -164,8 +167,7 @@ public final class TunnelClient: Sendable {
                 }
                 self.events(.pooledUserArrived(user: user, local: proxy.local))
                 guard self.countUser(user) else { return self.release(proxy) }
-                defer { self.users.withLock { $0 -= 1 } }
-                self.joinToApp(proxy, user: user, early: reader.takeBuffered())
+                self.joinToApp(proxy, user: user, early: reader.takeBuffered()) { self.users.withLock { $0 -= 1 } }
             }
         } catch {
             events(.serverError("cannot keep a pooled proxy connection: \(error)"))
@@ -186,7 +188,8 @@ public final class TunnelClient: Sendable {
 
     /// Steps 4 and 5 on this side: the private connection to the app, joined to `proxy`;
     /// `early`, the user's first bytes if they came with the line that announced it, go first.
-    private func joinToApp(_ proxy: Connection, user: Endpoint, early: [UInt8]) {
+    /// Calls `done` when the user is gone.
+    private func joinToApp(_ proxy: Connection, user: Endpoint, early: [UInt8], done: @escaping @Sendable () -> Void) {
         let app: Connection
         do {
             app = try connect(settings.localApp, timeout: .seconds(5))
@@ -194,7 +197,8 @@ public final class TunnelClient: Sendable {
             // Closing the proxy connection closes the user's at once: better than leaving
             // the user to wait for an answer that cannot come.
             release(proxy)
-            return events(.appUnreachable(user: user, app: settings.localApp, error: "\(error)"))
+            events(.appUnreachable(user: user, app: settings.localApp, error: "\(error)"))
+            return done()
         }
         events(.appConnected(user: user, app: settings.localApp))
         do {
@@ -202,13 +206,17 @@ public final class TunnelClient: Sendable {
         } catch {
             release(proxy)
             release(app)
-            return events(.userFinished(user: user, sent: 0, received: 0, error: "\(error)"))
+            events(.userFinished(user: user, sent: 0, received: 0, error: "\(error)"))
+            return done()
         }
-        let result = join(proxy, app, timeouts: settings.joinTimeouts)
-        release(proxy)
-        release(app)
-        events(.userFinished(user: user, sent: early.count + result.forward, received: result.backward,
-                             error: result.error.map { "\($0)" }))
+        // With the event relay this returns at once and the thread ends: no thread per joined user.
+        settings.relay.join(proxy, app, timeouts: settings.joinTimeouts, track: { _ in }) { _, result in
+            self.release(proxy)
+            self.release(app)
+            self.events(.userFinished(user: user, sent: early.count + result.forward, received: result.backward,
+                                      error: result.error.map { "\($0)" }))
+            done()
+        }
     }
 
     private func connect(_ endpoint: Endpoint, timeout: Duration = .seconds(10)) throws -> Connection {

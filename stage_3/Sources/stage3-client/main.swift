@@ -13,7 +13,7 @@ let tool = Tool(
         usage: stage3-client <local-app host:port> [server-host] [--control-port N] [--proxy-port N]
                              [--secret word] [--interval duration] [--timeout duration]
                              [--max-users N] [--idle-timeout duration] [--stall-timeout duration]
-                             [--pool N] [--inspect address]
+                             [--pool N] [--inspect address] [--relay events|threads]
 
         Makes the app at <local-app host:port> reachable on the server's public port.
         Dials out to the server (default 127.0.0.1), so it works from behind NAT; if the
@@ -37,6 +37,9 @@ let tool = Tool(
                                wait for steps 3 and 4 (0 to 16; default 0)
           --inspect address    serve the live view, a page showing the diagram as users pass
                                through, at host:port, or at 127.0.0.1:port given a port alone
+          --relay events|threads
+                               relay users with one event loop for all (default), or with two
+                               threads per user (stage 0's join, the teaching version)
           -h, --help           show this help
 
         example: python3 -m http.server 8000 --bind 127.0.0.1 & stage3-client 127.0.0.1:8000
@@ -54,6 +57,7 @@ let (settings, inspect) = tool.parse { arguments in
         idle: try arguments.timeout("--idle-timeout", default: defaults.joinTimeouts.idle),
         stall: try arguments.timeout("--stall-timeout", default: defaults.joinTimeouts.stall))
     let inspect = try arguments.value("--inspect").map(Inspector.address)
+    let relay = try arguments.relay(default: .events)
     let rest = try arguments.positionals()
     guard (1...2).contains(rest.count) else {
         throw UsageError("expected the local app's host:port and, optionally, the server's host")
@@ -70,6 +74,7 @@ let (settings, inspect) = tool.parse { arguments in
     settings.maxUsers = maxUsers
     settings.pool = pool
     settings.joinTimeouts = joinTimeouts
+    settings.relay = relay
     return (settings, inspect)
 }
 
