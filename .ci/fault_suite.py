@@ -276,6 +276,7 @@ class Meter:
     def __init__(self):
         self.watched = {}  # role -> Proc
         self.peak = {}  # role -> [fds, threads]
+        self.tcp_memory_peak = 0  # the whole machine's, in pages
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.thread = threading.Thread(target=self.loop, daemon=True)
@@ -291,6 +292,7 @@ class Meter:
 
     def sample(self):
         """Samples now too: a state that lasts less than 0.1 s still shows in the peaks."""
+        self.tcp_memory_peak = max(self.tcp_memory_peak, tcp_memory_pages())
         with self.lock:
             for role, proc in self.watched.items():
                 fds, threads = proc.fds(), proc.threads()
@@ -318,6 +320,13 @@ def settled(proc, timeout=5):
             return now
         last = now
     return last
+
+
+def tcp_memory_pages():
+    """Pages of memory the kernel's TCP sockets hold now (/proc/net/sockstat, 'TCP: ... mem N')."""
+    with open("/proc/net/sockstat") as f:
+        match = re.search(r"^TCP:.* mem (\d+)", f.read(), re.M)
+    return int(match.group(1)) if match else 0
 
 
 def close_wait_on(ports):
@@ -359,18 +368,10 @@ def open_silent(count, port, source, timeout=1.0, give_up_after=10):
 
 
 def closed_by_peer(sockets):
-    """How many of `sockets` the other side has closed (EOF or reset waiting to be read)."""
-    closed = 0
-    for s in sockets:
-        s.setblocking(False)
-        try:
-            if s.recv(1, socket.MSG_PEEK) == b"":
-                closed += 1
-        except BlockingIOError:
-            pass
-        except OSError:
-            closed += 1
-    return closed
+    """How many of `sockets` the other side has closed or reset, by their TCP state (the first
+    byte of TCP_INFO): anything but ESTABLISHED, even with unread data still queued."""
+    established = 1
+    return sum(1 for s in sockets if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != established)
 
 
 def close_all(sockets):
@@ -771,6 +772,42 @@ def fd_flood(s):
            f"lines (not rate-limited); canary back {((back or ended) - ended):.1f} s after the flood")
 
 
+def stalled_and_idle_users(s):
+    """50 users ask for 50 MB and never read, 20 more never send a byte; the server, run with
+    --stall-timeout 2s --idle-timeout 4s, must cut them all by itself while they stay connected."""
+    s.up("--stall-timeout", "2s", "--idle-timeout", "4s")
+    memory0 = tcp_memory_pages()
+    begun = time.monotonic()
+    stalled = []
+    for _ in range(50):
+        user = socket.socket()
+        # A fixed receive buffer (no autotuning to 32 MB): the memory measured is the tunnel's.
+        user.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        user.bind((ATTACKER, 0))
+        user.settimeout(2)
+        user.connect(("127.0.0.1", s.ports["public"]))
+        user.sendall(b"GET /big HTTP/1.0\r\n\r\n")
+        stalled.append(s.attack([user])[0])
+    silent = s.attack(open_silent(20, s.ports["public"], "127.0.0.3"))
+    fds0, threads0 = s.base["server"]
+
+    def server_freed():
+        fds, threads = sample(s.server)
+        return fds is not None and fds <= fds0 and threads <= threads0
+    freed = wait_for(server_freed, 15, 0.2)
+    took = time.monotonic() - begun
+    s.expect(freed, "the server did not free the stalled and idle users within 15 s while they stayed connected")
+    cut_stalled, cut_silent = closed_by_peer(stalled), closed_by_peer(silent)
+    s.expect(cut_silent == len(silent), f"only {cut_silent} of {len(silent)} silent users were cut")
+    memory_after = tcp_memory_pages()
+    close_all(s.sockets)
+    stall_lines = s.server.count(r"stall timeout")
+    idle_lines = s.server.count(r"idle timeout")
+    s.note(f"server freed them after {took:.1f} s, users still connected; cut: {cut_stalled}/50 stalled, "
+           f"{cut_silent}/20 silent; log: {stall_lines} stall + {idle_lines} idle lines (throttled); "
+           f"machine's TCP memory {memory0 >> 8}->{s.meter.tcp_memory_peak >> 8}->{memory_after >> 8} MiB")
+
+
 def pids_cgroup():
     """A fresh pids cgroup (v1, or v2 with the controller enabled); its path, or None."""
     v1 = "/sys/fs/cgroup/pids"
@@ -931,6 +968,7 @@ SCENARIOS = [
     ("sigstop-client", sigstop_client),
     ("silent-2000", silent_2000_other_address),
     ("silent-2000-same-addr", silent_2000_same_address),
+    ("stalled-users", stalled_and_idle_users),
     ("fd-flood", fd_flood),
     ("thread-limit", thread_limit),
     ("stranger-register", stranger_register),
