@@ -794,6 +794,10 @@ def stalled_and_idle_users(s):
     def server_freed():
         fds, threads = sample(s.server)
         return fds is not None and fds <= fds0 and threads <= threads0
+    # First they hold the server (two descriptors per joined user; the first stalled ones may
+    # be cut before the last silent ones join), then the server lets go of them all.
+    joined = wait_for(lambda: s.meter.peak["server"][0] >= fds0 + 70, 10, 0.1)
+    s.expect(joined, f"the 70 users never held 70 of the server's descriptors (peak {s.meter.peak['server'][0]})")
     freed = wait_for(server_freed, 15, 0.2)
     took = time.monotonic() - begun
     s.expect(freed, "the server did not free the stalled and idle users within 15 s while they stayed connected")
