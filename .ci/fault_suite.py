@@ -332,13 +332,8 @@ def tcp_memory_pages():
 def close_wait_on(ports):
     """Sockets in CLOSE-WAIT whose local port is one of `ports`: a peer left, nobody closed ours."""
     out = subprocess.run(["ss", "-tanH", "state", "close-wait"], capture_output=True, text=True, timeout=10).stdout
-    count = 0
-    for line in out.splitlines():
-        fields = line.split()
-        local = next((f for f in fields if re.match(r"^[\d.\[\]:a-f%*]+:\d+$", f)), None)
-        if local and int(local.rsplit(":", 1)[1]) in ports:
-            count += 1
-    return count
+    # Each line: Recv-Q Send-Q Local-Address:Port Peer-Address:Port (a state filter drops the State column).
+    return sum(1 for line in out.splitlines() if int(line.split()[-2].rsplit(":", 1)[1]) in ports)
 
 
 # ---------------------------------------------------------------- attackers
@@ -346,7 +341,7 @@ def close_wait_on(ports):
 def open_silent(count, port, source, timeout=1.0, give_up_after=10):
     """Opens up to `count` connections from `source` that never send a byte. Stops early after
     `give_up_after` connects in a row time out (the server's backlog is full)."""
-    sockets, timeouts, failed = [], 0, 0
+    sockets, timeouts = [], 0
     for _ in range(count):
         s = socket.socket()
         try:
@@ -361,9 +356,8 @@ def open_silent(count, port, source, timeout=1.0, give_up_after=10):
             timeouts += 1
             if timeouts >= give_up_after:
                 break
-        except OSError:
+        except OSError:  # refused, or reset during the handshake: not held
             s.close()
-            failed += 1
     return sockets
 
 
@@ -704,7 +698,7 @@ def sigstop_client(s):
     back = s.canary.success_after(resumed, 10)
     s.expect(back, "the canary did not get through after SIGCONT")
     s.outage(stopped, back or time.monotonic())
-    s.note(f"user: {(got + more) >> 20} MiB then {ending}; outage {((back or resumed) - stopped):.1f} s "
+    s.note(f"stalled reader: {(got + more) >> 20} MiB, then {ending}; outage {((back or resumed) - stopped):.1f} s "
            f"(5 s stopped)")
 
 
@@ -987,7 +981,7 @@ SCENARIOS = [
 
 def run(name, body, logdir, app):
     s = Scenario(name, logdir, app)
-    say(f"{name}: {body.__doc__.split(chr(10))[0]}")
+    say(f"{name}: {' '.join(body.__doc__.split())}")
     status = "held"
     try:
         body(s)
@@ -1024,7 +1018,7 @@ def run(name, body, logdir, app):
 
 
 def table(rows):
-    header = ["scenario", "held?", "canary fails", "fds s/c before/peak/after", "threads s/c before/peak/after",
+    header = ["scenario", "held?", "canary fails/probes", "fds s/c before/peak/after", "threads s/c before/peak/after",
               "notes"]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(5)]
     lines = [" | ".join(str(c).ljust(w) for c, w in zip(header, widths)) + " | " + header[5]]
@@ -1057,7 +1051,7 @@ def main():
     options = parser.parse_args()
     if options.list:
         for name, body in SCENARIOS:
-            print(f"{name:22} {body.__doc__.split(chr(10))[0]}")
+            print(f"{name:22} {' '.join(body.__doc__.split())}")
         return 0
     names = [name for name, _ in SCENARIOS]
     only = [n for n in options.only.split(",") if n]
