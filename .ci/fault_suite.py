@@ -597,8 +597,9 @@ def start_download(s, moment_limit=5):
 
 
 def kill_client_mid_download(s):
-    """kill -9 of the client mid-download: the user sees a reset and a short body, never a
-    clean end; the server resets the users joined through the lost client; a new client serves."""
+    """kill -9 of the client mid-download: the server resets the users joined through it; a
+    stalled reader sees that reset, one that keeps up may see an end of stream first, but always
+    a short body (the Content-Length tells); a new client then serves the canary."""
     s.up()
     user, length, got = start_download(s)
     mark = s.server.size()
