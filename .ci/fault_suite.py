@@ -743,7 +743,8 @@ def silent_2000_same_address(s):
     s.expect(back, "the canary did not recover within 12 s of the flood's end (--proxy-timeout is 10 s)")
     s.outage(begun, back or time.monotonic())
     failures = sum(1 for r in s.canary.records if not r[2])
-    s.note(f"documented limit: {failures} canary failures during the flood; back {((back or ended) - ended):.1f} s after")
+    s.note(f"documented limit: {failures} canary failures during the flood; "
+           f"back {((back or ended) - ended):.1f} s after")
 
 
 def fd_flood(s):
