@@ -1105,7 +1105,9 @@ def main():
         app.stop()
     if rows:
         print("\n" + table(rows))
-    print(f"\nfault-suite: {'all held' if ok else 'FAILED'} in {time.monotonic() - T0:.0f} s")
+    skipped = sum(1 for row in rows if row[1] == "skipped")
+    verdict = ("all held" + (f" ({skipped} skipped)" if skipped else "")) if ok else "FAILED"
+    print(f"\nfault-suite: {verdict} in {time.monotonic() - T0:.0f} s")
     if ok and not options.keep_logs:
         shutil.rmtree(logdir, ignore_errors=True)
     else:
