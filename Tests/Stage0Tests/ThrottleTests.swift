@@ -26,6 +26,10 @@ struct ThrottleTests {
         // A second later the quiet flooder's left-out lines are summed up, whoever logs next.
         let later = throttle.admit("later", from: "198.51.100.1", now: start + .seconds(1))
         #expect(later.count == 2 && later[0].contains("97 more line(s) about 203.0.113.9") && later[1] == "later")
+        // And at the end, what is still left out is said before the process stops.
+        _ = (0..<5).map { throttle.admit("again \($0)", from: "203.0.113.9", now: start + .seconds(1)) }
+        #expect(throttle.summarizeLeftOut().map { $0.contains("more line(s) about 203.0.113.9") } == [true])
+        #expect(throttle.summarizeLeftOut().isEmpty)
     }
 
     @Test("durations with units, 0 to turn a timeout off, whole-number limits; anything else is a usage error")

@@ -140,6 +140,13 @@ public struct Tool: Sendable {
         }
     }
 
+    /// The last log lines of a process stopped by Ctrl-C or `kill`: how many lines the rate
+    /// limit left out since it last said so, then `stopping`.
+    public func logStopping() {
+        for line in throttle.summarizeLeftOut() { writeLine("\(name): \(line)", to: 2) }
+        log("stopping")
+    }
+
     /// Makes a server's listener(s) with `bind`, or exits 1 with the reason; a port in use
     /// gets a hint, since that is by far the most common cause.
     public func listen<Listeners>(_ bind: () throws -> Listeners) -> Listeners {

@@ -42,6 +42,15 @@ public final class LogThrottle: Sendable {
         }
     }
 
+    /// A summary line for every source with lines left out, which are forgotten: for the last
+    /// words of a process, so that nothing is left out without a word.
+    public func summarizeLeftOut() -> [String] {
+        leftOut.withLock { state in
+            defer { state.counts = [:] }
+            return state.counts.map { summary($0.key, $0.value) }
+        }
+    }
+
     private func summary(_ source: String, _ count: Int) -> String {
         "(\(count) more line(s) about \(source) left out: over \(Int(budget.burst)) at once or \(Int(budget.perSecond)) a second)"
     }

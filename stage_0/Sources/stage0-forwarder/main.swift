@@ -32,5 +32,5 @@ let (listenOn, relay, target) = tool.parse { arguments in
 let listener = tool.listen { try Listener(on: listenOn) }
 
 let stop = StopSignal()
-stop.stopOnInterrupt { tool.log("stopping") }
+stop.stopOnInterrupt { tool.logStopping() }
 Forwarder(target: target, relay: relay) { tool.log($0.description) }.run(listener, stop: stop)

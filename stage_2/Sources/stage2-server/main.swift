@@ -32,7 +32,7 @@ let flags = tool.parse { arguments in
 
 let listeners = tool.listen { try flags.bind() }
 let stop = StopSignal()
-stop.stopOnInterrupt { tool.log("stopping") }
+stop.stopOnInterrupt { tool.logStopping() }
 do {
     try flags.server { tool.log($0.description, from: $0.logSource) }.run(listeners, stop: stop)
 } catch {

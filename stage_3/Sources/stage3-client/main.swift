@@ -85,7 +85,7 @@ let client = TunnelClient(settings) {
     inspector?.record($0)
 }
 StopSignal().stopOnInterrupt {
-    tool.log("stopping")
+    tool.logStopping()
     client.stop()
 }
 do {

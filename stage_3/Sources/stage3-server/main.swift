@@ -54,7 +54,7 @@ if let warning = shortSecretWarning(secret) { tool.log("warning: \(warning)") }
 let inspector = inspect.map { address in tool.listen { try Inspector(title: "server", on: address) } }
 if let inspector { tool.log("live view: open \(inspector.url) in a browser") }
 let stop = StopSignal()
-stop.stopOnInterrupt { tool.log("stopping") }
+stop.stopOnInterrupt { tool.logStopping() }
 let server = flags.server(admit: GuessLimit().guarding(secret.check(timeout: flags.proxyTimeout))) {
     tool.log($0.description, from: $0.logSource)
     inspector?.record($0)
