@@ -7,11 +7,12 @@ import PackageDescription
 
 let package = Package(
     name: "ngrok-minus-minus",
-    // Mutex and Atomic (the Synchronization module) need macOS 15.
-    platforms: [.macOS(.v15)],
+    platforms: [.macOS(.v13)],
     targets: [
         // Stage 0: TCP sockets over POSIX, and the pipe that joins two connections.
-        .target(name: "Stage0Pipe", path: "stage_0/Sources/Stage0Pipe"),
+        .target(name: "Stage0Pipe", dependencies: ["CEventPoll"], path: "stage_0/Sources/Stage0Pipe"),
+        // epoll for the event relay: Glibc's Swift module does not export <sys/epoll.h>.
+        .target(name: "CEventPoll", path: "stage_0/Sources/CEventPoll"),
         .executableTarget(
             name: "stage0-forwarder", dependencies: ["Stage0Pipe"],
             path: "stage_0/Sources/stage0-forwarder"),

@@ -13,7 +13,7 @@ final class RunningForwarder: Sendable {
     var endpoint: Endpoint { server.endpoint }
 
     init(to target: Endpoint) throws {
-        let forwarder = Forwarder(target: target, events: events.handler)
+        let forwarder = Forwarder(target: target, relay: relayUnderTest, events: events.handler)
         server = try RunningServer("forwarder") { forwarder.run($0, stop: $1) }
     }
 
@@ -37,7 +37,7 @@ struct ForwarderTests {
 
         let data = BulkData(megabytes: 64)
         let client = try Connection.connect(to: forwarder.endpoint)
-        let sender = BackgroundThread("sender") { (try? data.send(to: client)) != nil }
+        let sender = try BackgroundThread("sender") { (try? data.send(to: client)) != nil }
         #expect(try data.receive(from: client))
         #expect(try client.readToEnd().isEmpty, "the stream ends after the echo")
         #expect(sender.value())
@@ -106,7 +106,7 @@ struct ForwarderTests {
 
         let client = try Connection.connect(to: forwarder.endpoint)
         defer { client.close() }
-        let sender = BackgroundThread("endless sender") {
+        let sender = try BackgroundThread("endless sender") {
             let chunk = [UInt8](repeating: 7, count: 65536)
             while (try? client.write(chunk)) != nil {}
         }

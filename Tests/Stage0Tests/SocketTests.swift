@@ -61,7 +61,7 @@ struct SocketTests {
     func stopWakesAccept() throws {
         let listener = try Listener(on: anyLoopbackPort)
         let stop = StopSignal()
-        let acceptor = BackgroundThread("acceptor") { (try? listener.accept(unless: stop)) ?? nil }
+        let acceptor = try BackgroundThread("acceptor") { (try? listener.accept(unless: stop)) ?? nil }
         stop.stop()
         #expect(acceptor.value() == nil)
     }

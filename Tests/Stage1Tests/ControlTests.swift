@@ -33,7 +33,7 @@ struct ControlTests {
         let client = ControlClient(heartbeat: Heartbeat(interval: .milliseconds(10), timeout: .seconds(10)),
                                    events: clientEvents.handler)
         let connection = try Connection.connect(to: server.endpoint)
-        let running = BackgroundThread("client") { try? client.run(connection) }
+        let running = try BackgroundThread("client") { try? client.run(connection) }
 
         #expect(clientEvents.wait(for: 3) { if case .pong = $0 { true } else { false } })
         #expect(server.events.wait(for: 3) { if case .ping = $0 { true } else { false } })

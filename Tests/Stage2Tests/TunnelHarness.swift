@@ -20,8 +20,11 @@ final class RunningTunnel: Sendable {
     init(proxyTimeout: Duration = .seconds(10), heartbeatTimeout: Duration = .seconds(10)) throws {
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: 0, publicPort: 0, proxyPort: 0)
         (control, self.public, proxy) = (listeners.control.endpoint, listeners.public.endpoint, listeners.proxy.endpoint)
-        let server = TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: proxyTimeout, events: events.handler)
-        thread = BackgroundThread("tunnel server") { [stopSignal] in server.run(listeners, stop: stopSignal) }
+        var limits = ServerLimits()
+        limits.relay = relayUnderTest
+        let server = TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: proxyTimeout, limits: limits,
+                                  events: events.handler)
+        thread = try BackgroundThread("tunnel server") { [stopSignal] in try? server.run(listeners, stop: stopSignal) }
     }
 
     func stop() {
@@ -43,7 +46,7 @@ final class RunningTunnel: Sendable {
         let before = registrations()  // counted before connecting: the client may register at once
         let connection = try Connection.connect(to: control)
         let client = EchoClient(proxyServer: proxy, heartbeat: Heartbeat(interval: .seconds(1), timeout: .seconds(10))) { _ in }
-        let running = RunningClient(connection: connection, thread: BackgroundThread("echo client") {
+        let running = RunningClient(connection: connection, thread: try BackgroundThread("echo client") {
             Result { try client.run(connection) }
         })
         #expect(waitForRegistered(before + 1))

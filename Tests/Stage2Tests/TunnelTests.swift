@@ -157,7 +157,7 @@ struct TunnelTests {
             #expect(try user.readToEnd().isEmpty, "released, not left waiting 60 s")
             user.close()
         }
-        #expect(tunnel.wait { if case .controlClosed(_, _, 3) = $0 { true } else { false } })
+        #expect(tunnel.wait { if case .controlClosed(_, _, 3, _) = $0 { true } else { false } })
 
         let client = try tunnel.startEchoClient()
         defer { client.kill() }

@@ -37,7 +37,7 @@ struct FullTunnelTests {
         let data = BulkData(megabytes: 64)
         let user = try Connection.connect(to: server.public)
         defer { user.close() }
-        let sender = BackgroundThread("sender") { (try? data.send(to: user)) != nil }
+        let sender = try BackgroundThread("sender") { (try? data.send(to: user)) != nil }
         #expect(try data.receive(from: user))
         #expect(try user.readToEnd().isEmpty)
         #expect(sender.value())
@@ -66,7 +66,9 @@ struct FullTunnelTests {
     func concurrentUsers() throws {
         let echo = try echoServer()
         defer { echo.stop() }
-        let (server, client) = try startTunnel(app: echo.endpoint)
+        var limits = ServerLimits()
+        limits.maxUsersPerAddress = 200  // every user here comes from 127.0.0.1
+        let (server, client) = try startTunnel(app: echo.endpoint, limits: limits)
         defer { client.stop(); server.stop() }
 
         let users = try (0..<200).map { _ in try Connection.connect(to: server.public) }
@@ -93,7 +95,7 @@ struct FullTunnelTests {
 
         let app = try Listener(on: appAddress)
         let appStop = StopSignal()
-        let appThread = BackgroundThread("app") { app.acceptEach(unless: appStop, serveDemoApp) }
+        let appThread = try BackgroundThread("app") { app.acceptEach(unless: appStop, serveDemoApp) }
         defer { appStop.stop(); appThread.value() }
 
         let later = try Connection.connect(to: server.public)
@@ -104,11 +106,7 @@ struct FullTunnelTests {
 
     @Test("client killed mid-transfer: the user is closed, and the server keeps serving")
     func clientKilledMidTransfer() throws {
-        let firehose = try RunningServer { connection in  // an app that sends without end
-            let chunk = [UInt8](repeating: 1, count: 65536)
-            while (try? connection.write(chunk)) != nil {}
-            connection.close()
-        }
+        let firehose = try firehoseServer()
         defer { firehose.stop() }
         let (server, client) = try startTunnel(app: firehose.endpoint)
         defer { server.stop() }
@@ -130,7 +128,7 @@ struct FullTunnelTests {
 
         let echo = try echoServer()
         defer { echo.stop() }
-        let next = RunningClient3(app: echo.endpoint, server: server)
+        let next = try RunningClient3(app: echo.endpoint, server: server)
         defer { next.stop() }
         #expect(next.waitForRegistered())
         let user2 = try Connection.connect(to: server.public)
@@ -145,7 +143,7 @@ struct FullTunnelTests {
         let app = try RunningServer(handling: serveDemoApp)
         defer { app.stop() }
         let first = try RunningServer3()
-        let client = RunningClient3(app: app.endpoint, server: first)
+        let client = try RunningClient3(app: app.endpoint, server: first)
         defer { client.stop() }
         #expect(client.waitForRegistered(1))
 
@@ -165,7 +163,7 @@ struct FullTunnelTests {
     func wrongSecret() throws {
         let server = try RunningServer3(secret: "right")
         defer { server.stop() }
-        let client = RunningClient3(app: anyLoopbackPort, server: server, secret: "wrong")
+        let client = try RunningClient3(app: anyLoopbackPort, server: server, secret: "wrong")
         let refusal = try #require(client.thread.value(timeout: testDeadline), "run() returns: no retry loop")
         #expect(refusal?.reason == "wrong secret")
         #expect(server.events.wait { if case let .controlRefused(_, reason) = $0 { reason == "wrong secret" } else { false } })
@@ -193,7 +191,7 @@ struct FullTunnelTests {
         let slow = try Connection.connect(to: server.control)
         defer { slow.close() }
         #expect(try slow.readToEnd().isEmpty, "closed without a `closing` line")
-        #expect(server.events.wait { if case let .controlClosed(_, reason, _) = $0 { reason.contains("no auth line") } else { false } })
+        #expect(server.events.wait { if case let .controlClosed(_, reason, _, _) = $0 { reason.contains("no auth line") } else { false } })
     }
 
     @Test("a replaced client stops instead of fighting the newer one")
@@ -202,7 +200,7 @@ struct FullTunnelTests {
         defer { app.stop() }
         let (server, first) = try startTunnel(app: app.endpoint)
         defer { server.stop() }
-        let second = RunningClient3(app: app.endpoint, server: server)
+        let second = try RunningClient3(app: app.endpoint, server: server)
         defer { second.stop() }
         let ending = try #require(first.thread.value(timeout: testDeadline), "the first client's run() returns")
         #expect(ending?.reason.hasPrefix("replaced by a newer client") == true)

@@ -18,13 +18,17 @@ final class RunningServer3: Sendable {
     private let thread: BackgroundThread<Void>
 
     init(secret: String? = nil, ports: (control: UInt16, public: UInt16, proxy: UInt16) = (0, 0, 0),
-         authTimeout: Duration = .seconds(5)) throws {
+         authTimeout: Duration = .seconds(5), limits: ServerLimits = ServerLimits(),
+         heartbeatTimeout: Duration = Heartbeat.standard.timeout, guesses: GuessLimit = GuessLimit()) throws {
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: ports.control, publicPort: ports.public,
                                             proxyPort: ports.proxy)
         (control, self.public, proxy) = (listeners.control.endpoint, listeners.public.endpoint, listeners.proxy.endpoint)
-        let server = TunnelServer(proxyTimeout: .seconds(10), admit: SharedSecret(secret).check(timeout: authTimeout),
+        var limits = limits
+        limits.relay = relayUnderTest
+        let server = TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: .seconds(10), limits: limits,
+                                  admit: guesses.guarding(SharedSecret(secret).check(timeout: authTimeout)),
                                   events: events.handler)
-        thread = BackgroundThread("stage 3 server") { [stopSignal] in server.run(listeners, stop: stopSignal) }
+        thread = try BackgroundThread("stage 3 server") { [stopSignal] in try? server.run(listeners, stop: stopSignal) }
     }
 
     /// Stops the server as if its process had exited: listeners and control connection closed.
@@ -42,13 +46,15 @@ final class RunningClient3: Sendable {
     let events = EventRecorder<TunnelClientEvent>()
     let thread: BackgroundThread<ClosedByServer?>
 
-    init(app: Endpoint, server: RunningServer3, secret: String? = nil) {
+    init(app: Endpoint, server: RunningServer3, secret: String? = nil, pool: Int = 0) throws {
         var settings = TunnelClientSettings(localApp: app, control: server.control, proxy: server.proxy)
         settings.secret = SharedSecret(secret)
+        settings.pool = pool
+        settings.relay = relayUnderTest
         settings.backoff = Backoff(initial: .milliseconds(20), maximum: .milliseconds(200))
         let client = TunnelClient(settings, events: events.handler)
         self.client = client
-        thread = BackgroundThread("tunnel client") {
+        thread = try BackgroundThread("tunnel client") {
             do throws(ClosedByServer) {
                 try client.run()
                 return nil
@@ -70,10 +76,21 @@ final class RunningClient3: Sendable {
     }
 }
 
+/// For a client typed by hand: the id in the next line on `control`, which must be `command`
+/// (`create_proxy <id> <user>`, `fill_pool <id>`).
+func nextID(_ control: Connection, _ command: String) throws -> ProxyID {
+    let line = try #require(try control.readLineForTest())
+    let words = line.split(separator: " ")
+    try #require(words.count >= 2 && words[0] == command, "got \(line)")
+    return try #require(ProxyID(String(words[1])))
+}
+
 /// A tunnel ready to use: a server, and a client registered with it, joining users to `app`.
-func startTunnel(app: Endpoint, secret: String? = nil) throws -> (RunningServer3, RunningClient3) {
-    let server = try RunningServer3(secret: secret)
-    let client = RunningClient3(app: app, server: server, secret: secret)
+func startTunnel(app: Endpoint, secret: String? = nil, limits: ServerLimits = ServerLimits())
+    throws -> (RunningServer3, RunningClient3)
+{
+    let server = try RunningServer3(secret: secret, limits: limits)
+    let client = try RunningClient3(app: app, server: server, secret: secret)
     #expect(client.waitForRegistered())
     return (server, client)
 }

@@ -18,7 +18,7 @@ public final class RunningServer: Sendable {
         let stopSignal = StopSignal()
         self.endpoint = listener.endpoint
         self.stopSignal = stopSignal
-        self.thread = BackgroundThread(name) { serve(listener, stopSignal) }
+        self.thread = try BackgroundThread(name) { serve(listener, stopSignal) }
     }
 
     /// A server that gives every connection its own thread running `handle`.
@@ -29,6 +29,15 @@ public final class RunningServer: Sendable {
     public func stop() {
         stopSignal.stop()
         thread.value()
+    }
+}
+
+/// An app that sends without end, until its peer goes: a download that never finishes.
+public func firehoseServer() throws -> RunningServer {
+    try RunningServer { connection in
+        let chunk = [UInt8](repeating: 1, count: 65536)
+        while (try? connection.write(chunk)) != nil {}
+        connection.close()
     }
 }
 

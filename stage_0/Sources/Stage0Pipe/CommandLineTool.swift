@@ -49,15 +49,38 @@ public struct Arguments {
         return port
     }
 
-    /// `--name 500ms` or `--name 5s` (a whole or decimal number with a unit).
+    /// `--name 100`: a whole number in `range` (a limit, a count).
+    public mutating func count(_ name: String, default fallback: Int, range: ClosedRange<Int> = 1...1_000_000) throws
+        -> Int
+    {
+        guard let text = try value(name) else { return fallback }
+        guard let count = Int(text), range.contains(count) else {
+            throw UsageError("\(name) expects a whole number from \(range.lowerBound) to \(range.upperBound), got \"\(text)\"")
+        }
+        return count
+    }
+
+    /// `--name 500ms`, `--name 5s` or `--name 10m` (a whole or decimal number with a unit).
     public mutating func duration(_ name: String, default fallback: Duration) throws -> Duration {
         guard let text = try value(name) else { return fallback }
-        let (number, scale): (Substring, Double) =
-            text.hasSuffix("ms") ? (text.dropLast(2), 0.001) : text.hasSuffix("s") ? (text.dropLast(), 1) : ("", 0)
-        guard let value = Double(number), value * scale >= 0.001, value * scale <= 86_400 else {
-            throw UsageError("\(name) expects a duration from 1ms to 86400s, like 500ms or 5s, got \"\(text)\"")
+        return try Arguments.parseDuration(text, flag: name, zero: "")
+    }
+
+    /// Like `duration`, but `0` turns the timeout off (nil).
+    public mutating func timeout(_ name: String, default fallback: Duration?) throws -> Duration? {
+        guard let text = try value(name) else { return fallback }
+        return text == "0" ? nil : try Arguments.parseDuration(text, flag: name, zero: ", or 0 for none")
+    }
+
+    private static func parseDuration(_ text: String, flag name: String, zero: String) throws -> Duration {
+        let units: [(suffix: String, seconds: Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        let unit = units.first { text.hasSuffix($0.suffix) && Double(text.dropLast($0.suffix.count)) != nil }
+        guard let unit, let value = Double(text.dropLast(unit.suffix.count)),
+              value * unit.seconds >= 0.001, value * unit.seconds <= 86_400
+        else {
+            throw UsageError("\(name) expects a duration from 1ms to 24h, like 500ms, 5s or 10m\(zero), got \"\(text)\"")
         }
-        return .milliseconds(Int64((value * scale * 1000).rounded()))
+        return .milliseconds(Int64((value * unit.seconds * 1000).rounded()))
     }
 
     /// The remaining words, which must not include any unknown `--flag`.
@@ -82,6 +105,8 @@ public func parseEndpoint(_ text: String, what: String) throws -> Endpoint {
 public struct Tool: Sendable {
     public let name: String
     public let usage: String
+    /// Keeps any one peer from flooding the log (see `log(_:from:)`).
+    private let throttle = LogThrottle()
 
     public init(name: String, usage: String) {
         self.name = name
@@ -107,8 +132,19 @@ public struct Tool: Sendable {
     }
 
     /// Writes one log line to standard error, prefixed with the tool's name.
-    public func log(_ line: String) {
-        writeLine("\(name): \(line)", to: 2)
+    /// With a `source` (a peer's address), at most a burst of 20 lines and then 5 a second are
+    /// written for that source; a line then says how many were left out (LogThrottle.swift).
+    public func log(_ line: String, from source: String? = nil) {
+        for line in source.map({ throttle.admit(line, from: $0) }) ?? [line] {
+            writeLine("\(name): \(line)", to: 2)
+        }
+    }
+
+    /// The last log lines of a process stopped by Ctrl-C or `kill`: how many lines the rate
+    /// limit left out since it last said so, then `stopping`.
+    public func logStopping() {
+        for line in throttle.summarizeLeftOut() { writeLine("\(name): \(line)", to: 2) }
+        log("stopping")
     }
 
     /// Makes a server's listener(s) with `bind`, or exits 1 with the reason. A port in use gets

@@ -2,8 +2,6 @@
 // Blocking calls on purpose: one thread per direction reads and writes, so the code
 // reads top to bottom like the protocol it speaks (see Join.swift for why).
 
-import Synchronization
-
 /// A connected TCP socket. Safe to share between the two threads of a join:
 /// one reads while the other writes, and `close()` happens exactly once.
 ///
@@ -20,7 +18,7 @@ public final class Connection: Sendable, CustomStringConvertible {
     public let peer: Endpoint
     /// True once `close()` has run. Reads and writes do not take this lock (a connection is
     /// only closed once the threads reading and writing it are done); shutdown and close do.
-    private let closed = Mutex<Bool>(false)
+    private let closed = Locked(false)
 
     /// Wraps a connected socket: turns off Nagle's algorithm and SIGPIPE, and reads both addresses.
     /// If this throws, the caller still owns `fd` and must close it.
@@ -86,6 +84,14 @@ public final class Connection: Sendable, CustomStringConvertible {
         return try systemCall("read from \(peer)") { recv(fd, buffer.baseAddress, buffer.count, 0) }
     }
 
+    /// True if a read would not wait now (`poll(2)` without waiting): bytes, an end of stream
+    /// or an error is there to be read. A connection that should be silent and is readable has
+    /// usually been closed by its peer.
+    public var isReadable: Bool {
+        var entry = pollfd(fd: fd, events: pollIn, revents: 0)
+        return poll(&entry, 1, 0) > 0
+    }
+
     /// Reads until the peer finishes sending, keeping at most `limit` bytes; throws
     /// `TimeoutError` if the end has not come within `timeout`.
     public func readToEnd(limit: Int = 64 << 20, timeout: Duration = .seconds(10)) throws -> [UInt8] {
@@ -114,7 +120,7 @@ public final class Connection: Sendable, CustomStringConvertible {
             }
             do {
                 sent += try systemCall("write to \(peer)") { send(fd, bytes.baseAddress! + sent, bytes.count - sent, flags) }
-            } catch let error as SocketError where error.code == EAGAIN || error.code == EWOULDBLOCK {
+            } catch let error as SocketError where (error.code == EAGAIN || error.code == EWOULDBLOCK) && deadline != nil {
                 continue  // full again before we got in: back to waiting for room
             }
         }
@@ -135,11 +141,32 @@ public final class Connection: Sendable, CustomStringConvertible {
         closed.withLock { closed in if !closed { _ = shutdown(fd, shutWrite) } }
     }
 
+    /// Stops our reading half (`shutdown(2)` with SHUT_RD): a thread blocked in `read` wakes up
+    /// and reads 0, and the peer is told nothing. This is how a join wakes its other direction
+    /// when it fails, without a FIN that would look like a clean end.
+    public func shutdownRead() {
+        closed.withLock { closed in if !closed { _ = shutdown(fd, shutRead) } }
+    }
+
     /// Ends both directions now (`shutdown(2)` with SHUT_RDWR) without releasing the descriptor.
     /// A thread blocked in `read` on this connection wakes up and reads 0: this is how one
     /// side of a pipe stops the other. The descriptor stays valid until `close()`.
     public func shutdownBoth() {
         closed.withLock { closed in if !closed { _ = shutdown(fd, shutBoth) } }
+    }
+
+    /// Gives up on a blocking `read` after `receive` with nothing read, and on a blocking
+    /// `write` after `send` with nothing written (`SO_RCVTIMEO`, `SO_SNDTIMEO`); the call then
+    /// fails with EAGAIN. Nil: wait for ever. Calls with their own deadline are unaffected.
+    public func setTimeouts(receive: Duration?, send: Duration?) {
+        for (option, limit) in [(SO_RCVTIMEO, receive), (SO_SNDTIMEO, send)] {
+            let (seconds, attoseconds) = (limit ?? .zero).components
+            var micros = attoseconds / 1_000_000_000_000
+            // A zero timeval means "no timeout": a limit under 1 µs is rounded up, not down to that.
+            if limit != nil && seconds == 0 && micros == 0 { micros = 1 }
+            var value = timeval(tv_sec: .init(seconds), tv_usec: .init(micros))
+            _ = setsockopt(fd, SOL_SOCKET, option, &value, socklen_t(MemoryLayout<timeval>.size))
+        }
     }
 
     /// Makes `close()` reset the connection (`SO_LINGER` with a zero timeout): the peer gets

@@ -35,10 +35,13 @@ public enum ForwarderEvent: Sendable, CustomStringConvertible {
 /// Joins every accepted connection to `target`.
 public struct Forwarder: Sendable {
     public let target: Endpoint
+    /// Threads by default here, the version to read first; `--relay events` for the event loop.
+    public let relay: RelayChoice
     public let events: @Sendable (ForwarderEvent) -> Void
 
-    public init(target: Endpoint, events: @escaping @Sendable (ForwarderEvent) -> Void) {
+    public init(target: Endpoint, relay: RelayChoice = .threads, events: @escaping @Sendable (ForwarderEvent) -> Void) {
         self.target = target
+        self.relay = relay
         self.events = events
     }
 
@@ -63,8 +66,9 @@ public struct Forwarder: Sendable {
             return
         }
         events(.opened(client: client.peer, target: target))
-        let result = join(client, upstream)
-        events(.closed(client: client.peer, sent: result.forward, received: result.backward,
-                       error: result.error.map { "\($0)" }))
+        relay.join(client, upstream, timeouts: .none, track: { _ in }) { [events] _, result in
+            events(.closed(client: client.peer, sent: result.forward, received: result.backward,
+                           error: result.error.map { "\($0)" }))
+        }
     }
 }

@@ -2,14 +2,12 @@
 // Stage 0's forwarder has one; the tunnel server of later stages has three
 // (control, public, proxy), all made by this type.
 
-import Synchronization
-
 /// A socket bound to a local address and listening (`socket`, `bind`, `listen`).
 /// Bind to port 0 and read `endpoint.port` back to get a free port chosen by the kernel:
 /// this is how every test starts a server without colliding with another.
 public final class Listener: Sendable {
     public let fd: Int32
-    private let closed = Atomic<Bool>(false)
+    private let closed = Locked(false)
     /// The address actually bound, with the real port when you asked for port 0.
     public let endpoint: Endpoint
 
@@ -68,6 +66,8 @@ public final class Listener: Sendable {
     /// A failed accept (EMFILE: out of descriptors, say) is reported to `onError`, and after a
     /// short pause (which `stop` cuts short) the loop goes on: the pending connection is still
     /// queued, so retrying at once would only spin the CPU.
+    /// A connection whose thread cannot start (the process is at its thread limit) is closed
+    /// at once and reported as `ThreadStartError`: nobody else would ever close it.
     public func acceptEach(
         unless stop: StopSignal, onError: (any Error) -> Void = { _ in },
         _ handle: @escaping @Sendable (Connection) -> Void
@@ -75,7 +75,12 @@ public final class Listener: Sendable {
         while !stop.isStopped {
             do {
                 guard let connection = try accept(unless: stop) else { return }
-                startThread("connection from \(connection.peer)") { handle(connection) }
+                do {
+                    try startThread("connection from \(connection.peer), closed at once") { handle(connection) }
+                } catch {
+                    connection.close()
+                    onError(error)
+                }
             } catch {
                 onError(error)
                 _ = stop.wait(timeout: .milliseconds(100))
@@ -86,7 +91,7 @@ public final class Listener: Sendable {
     /// Stops listening and frees the port (`close(2)`), once. New connections are refused;
     /// connections already accepted are not affected.
     public func close() {
-        if closed.exchange(true, ordering: .acquiringAndReleasing) { return }
+        if closed.exchange(true) { return }
         _ = systemClose(fd)
     }
 

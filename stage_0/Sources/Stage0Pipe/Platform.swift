@@ -8,6 +8,7 @@
     /// `SOCK_STREAM`: Glibc imports it as an enum, Darwin as an Int32.
     let streamSocketType = Int32(SOCK_STREAM.rawValue)
     /// `SHUT_WR` / `SHUT_RDWR` for `shutdown(2)`: Int on Glibc, Int32 on Darwin.
+    let shutRead = Int32(SHUT_RD)
     let shutWrite = Int32(SHUT_WR)
     let shutBoth = Int32(SHUT_RDWR)
     /// `POLLIN` for `poll(2)`: an Int32 on Glibc, as on Darwin.
@@ -28,10 +29,17 @@
     func systemAccept(_ fd: Int32) -> Int32 { Glibc.accept(fd, nil, nil) }
     /// The directory that lists this process's open file descriptors.
     public let openDescriptorsDirectory = "/proc/self/fd"
+    /// `pthread_create(3)` of a thread that runs `runThreadStart(context)`; returns 0 or an errno.
+    /// (The start function's argument is optional on Glibc, not on Darwin.)
+    func createDetachedThread(_ attributes: inout pthread_attr_t, _ context: UnsafeMutableRawPointer) -> Int32 {
+        var thread = pthread_t()
+        return pthread_create(&thread, &attributes, { runThreadStart($0!); return nil }, context)
+    }
 #elseif canImport(Darwin)
     @_exported import Darwin
 
     let streamSocketType = SOCK_STREAM
+    let shutRead = SHUT_RD
     let shutWrite = SHUT_WR
     let shutBoth = SHUT_RDWR
     let pollIn = Int16(POLLIN)
@@ -49,6 +57,10 @@
     /// `accept(2)`; named here for the same reason as `close`.
     func systemAccept(_ fd: Int32) -> Int32 { Darwin.accept(fd, nil, nil) }
     public let openDescriptorsDirectory = "/dev/fd"
+    func createDetachedThread(_ attributes: inout pthread_attr_t, _ context: UnsafeMutableRawPointer) -> Int32 {
+        var thread: pthread_t? = nil
+        return pthread_create(&thread, &attributes, { runThreadStart($0); return nil }, context)
+    }
 #else
     #error("ngrok-- in Swift builds on Linux (Glibc) and macOS (Darwin) only")
 #endif

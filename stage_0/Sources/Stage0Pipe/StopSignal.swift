@@ -6,14 +6,13 @@
 // a byte to the pipe.
 
 import Dispatch
-import Synchronization
 
 /// A one-way switch from "running" to "stopped" that a blocked `poll(2)` can wait on.
 public final class StopSignal: Sendable {
     /// Readable once `stop()` has been called (the byte is never read, so it stays readable).
     let readFD: Int32
     private let writeFD: Int32
-    private let stopped = Atomic<Bool>(false)
+    private let stopped = Locked(false)
 
     public init() {
         var fds: [Int32] = [0, 0]
@@ -23,12 +22,12 @@ public final class StopSignal: Sendable {
 
     /// Stops everything waiting on this signal. Calling it again does nothing.
     public func stop() {
-        if stopped.exchange(true, ordering: .acquiringAndReleasing) { return }
+        if stopped.exchange(true) { return }
         var byte: UInt8 = 1
         _ = write(writeFD, &byte, 1)
     }
 
-    public var isStopped: Bool { stopped.load(ordering: .acquiring) }
+    public var isStopped: Bool { stopped.current }
 
     /// Waits until stopped or until `timeout` has passed (`poll(2)` on the pipe).
     /// Returns true if stopped. A pause that Ctrl-C or a test can cut short.

@@ -71,7 +71,10 @@ public enum ProtocolError: Error, Equatable, CustomStringConvertible {
 
     /// Splits a line into words separated by spaces, after checking that it is UTF-8 text.
     public static func words(of line: [UInt8]) throws(ProtocolError) -> [String] {
-        guard let text = String(validating: line, as: UTF8.self) else { throw .notText }
+        // Decoding swaps each invalid byte for U+FFFD, so the bytes survive only if they were
+        // UTF-8. (`String(validating:)` says it in one call, but needs macOS 15.)
+        let text = String(decoding: line, as: UTF8.self)
+        guard text.utf8.elementsEqual(line) else { throw .notText }
         return text.split(separator: " ").map(String.init)
     }
 }

@@ -27,7 +27,7 @@ let (server, heartbeat) = tool.parse { arguments in
 }
 
 StopSignal().stopOnInterrupt {
-    tool.log("stopping")
+    tool.logStopping()
     exit(0)
 }
 let client = ControlClient(heartbeat: heartbeat) { tool.log($0.description) }

@@ -27,5 +27,5 @@ let (listenOn, timeout) = tool.parse { arguments in
 
 let listener = tool.listen { try Listener(on: listenOn) }
 let stop = StopSignal()
-stop.stopOnInterrupt { tool.log("stopping") }
+stop.stopOnInterrupt { tool.logStopping() }
 ControlServer(timeout: timeout) { tool.log($0.description) }.run(listener, stop: stop)

@@ -62,8 +62,13 @@ public struct EchoClient: Sendable {
             case .registered: events(.registered(server: control.peer))
             case let .createProxy(id, user):
                 events(.proxyRequested(id: id, user: user))
-                startThread("proxy \(id.short)") { serveProxy(id) }
+                do {
+                    try startThread("proxy \(id.short)") { serveProxy(id) }
+                } catch {
+                    events(.proxyFailed(id: id, error: "\(error)"))  // the server times the user out
+                }
             case .error(let reason): events(.serverError(reason))
+            case .fillPool, .user: break  // the proxy pool: for clients that ask for one (stage 3)
             case .closing(let reason): throw ClosedByServer(reason: reason)
             }
         }

@@ -1,6 +1,8 @@
 // The control protocol grows: stage 1's `ping`/`pong`, plus what steps 1, 3 and 4 need.
 // Still one line per command, still speakable with `nc`. New in this stage: `register`,
-// `registered`, `create_proxy <id> <user>`, `proxy <id>` and `closing <reason>`.
+// `registered`, `create_proxy <id> <user>`, `proxy <id>` and `closing <reason>`; and, for the
+// proxy pool that stage 3's client may ask for (ProxyPool.swift), `pool <n>`,
+// `fill_pool <id>` and `user <user>`.
 // The ids are what make the proxy port safe: see ProxyID below.
 
 import Stage0Pipe
@@ -14,6 +16,8 @@ public enum ClientMessage: Equatable, Sendable {
     case register
     /// `proxy <id>`: the first line of a proxy connection, naming the user it is for (step 4).
     case proxy(ProxyID)
+    /// `pool <n>`: "keep n proxy connections of mine ready for users" (0 to 16; ProxyPool.swift).
+    case pool(Int)
 
     public init(line: [UInt8]) throws(ProtocolError) {
         let words = try ProtocolError.words(of: line)
@@ -23,6 +27,11 @@ public enum ClientMessage: Equatable, Sendable {
         case ("proxy", 2):
             guard let id = ProxyID(words[1]) else { throw .unknownCommand(words.joined(separator: " ")) }
             self = .proxy(id)
+        case ("pool", 2):
+            guard let size = Int(words[1]), (0...ProxyPool.maxSize).contains(size) else {
+                throw .unknownCommand(words.joined(separator: " "))
+            }
+            self = .pool(size)
         default: throw .unknownCommand(words.joined(separator: " "))
         }
     }
@@ -32,6 +41,7 @@ public enum ClientMessage: Equatable, Sendable {
         case .ping: "ping\n"
         case .register: "register\n"
         case .proxy(let id): "proxy \(id)\n"
+        case .pool(let size): "pool \(size)\n"
         }
     }
 }
@@ -50,6 +60,11 @@ public enum ServerMessage: Equatable, Sendable {
     /// `closing <reason>`: the server is closing this control connection, and reconnecting
     /// would not help (another client replaced this one, say).
     case closing(String)
+    /// `fill_pool <id>`: open a proxy connection named `id` and keep it ready for a user.
+    case fillPool(ProxyID)
+    /// `user <user host:port>`: on a pooled proxy connection, not the control connection: a user
+    /// is joined to this connection from now on; its bytes follow.
+    case user(Endpoint)
 
     public init(line: [UInt8]) throws(ProtocolError) {
         let words = try ProtocolError.words(of: line)
@@ -62,6 +77,12 @@ public enum ServerMessage: Equatable, Sendable {
                 throw .unknownCommand(words.joined(separator: " "))
             }
             self = .createProxy(id, user: user)
+        case ("fill_pool", 2):
+            guard let id = ProxyID(words[1]) else { throw .unknownCommand(words.joined(separator: " ")) }
+            self = .fillPool(id)
+        case ("user", 2):
+            guard let user = Endpoint(words[1]) else { throw .unknownCommand(words.joined(separator: " ")) }
+            self = .user(user)
         case ("error", _): self = .error(rest)
         case ("closing", _): self = .closing(rest)
         default: throw .unknownCommand(words.joined(separator: " "))
@@ -75,6 +96,8 @@ public enum ServerMessage: Equatable, Sendable {
         case let .createProxy(id, user): "create_proxy \(id) \(user)\n"
         case .error(let reason): "error \(reason)\n"
         case .closing(let reason): "closing \(reason)\n"
+        case .fillPool(let id): "fill_pool \(id)\n"
+        case .user(let user): "user \(user)\n"
         }
     }
 }

@@ -4,25 +4,28 @@
 
 import Dispatch
 import Stage0Pipe
-import Synchronization
 
 /// A user connection waiting for its proxy connection.
 public final class WaitingUser: Sendable {
     public let connection: Connection
-    /// The control connection that was asked for the proxy connection.
-    public let askedOver: Connection
+    /// The client's control connection that was asked for the proxy connection.
+    let askedOver: ControlChannel
     /// Signalled when the user leaves the table, matched or released.
     let left = DispatchSemaphore(value: 0)
+    /// Gives the user's place among the server's users back (ServerLimits): called once, by
+    /// whoever took the user out of the table, when done with it.
+    let release: @Sendable () -> Void
 
-    init(connection: Connection, askedOver: Connection) {
+    init(connection: Connection, askedOver: ControlChannel, release: @escaping @Sendable () -> Void) {
         self.connection = connection
         self.askedOver = askedOver
+        self.release = release
     }
 }
 
 /// Users waiting for proxy connections, by id. Every method is one step under one lock.
 public final class WaitingUsers: Sendable {
-    private let users = Mutex<[ProxyID: WaitingUser]>([:])
+    private let users = Locked<[ProxyID: WaitingUser]>([:])
 
     public init() {}
 
@@ -41,7 +44,7 @@ public final class WaitingUsers: Sendable {
     }
 
     /// Removes every user that was asked for over `control` (its client has gone).
-    func takeAll(askedOver control: Connection) -> [WaitingUser] {
+    func takeAll(askedOver control: ControlChannel) -> [WaitingUser] {
         let gone = users.withLock { users in
             let ids = users.filter { $0.value.askedOver === control }.map(\.key)
             return ids.compactMap { users.removeValue(forKey: $0) }

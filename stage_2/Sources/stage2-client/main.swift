@@ -34,7 +34,7 @@ let (control, proxy, heartbeat) = tool.parse { arguments in
 }
 
 StopSignal().stopOnInterrupt {
-    tool.log("stopping")
+    tool.logStopping()
     exit(0)
 }
 let client = EchoClient(proxyServer: proxy, heartbeat: heartbeat) { tool.log($0.description) }

@@ -20,6 +20,7 @@ let tool = Tool(
           --proxy-port N            proxy connections, step 4 (default 60625)
           --timeout duration        drop a client silent this long (default 15s)
           --proxy-timeout duration  close a user whose proxy connection has not come by then (default 10s)
+        \(ServerFlags.limitsUsage)
           -h, --help                show this help
         """)
 
@@ -31,6 +32,9 @@ let flags = tool.parse { arguments in
 
 let listeners = tool.listen { try flags.bind() }
 let stop = StopSignal()
-stop.stopOnInterrupt { tool.log("stopping") }
-TunnelServer(heartbeatTimeout: flags.heartbeatTimeout, proxyTimeout: flags.proxyTimeout) { tool.log($0.description) }
-    .run(listeners, stop: stop)
+stop.stopOnInterrupt { tool.logStopping() }
+do {
+    try flags.server { tool.log($0.description, from: $0.logSource) }.run(listeners, stop: stop)
+} catch {
+    tool.fail("\(error)")
+}

@@ -4,12 +4,12 @@
 // (step 5, stage 0's `join`). It never needs to know the app's protocol: HTTP, SSH, Redis
 // and anything else over TCP go through as bytes.
 // New as well: when the control connection drops or cannot be made, the client tries again,
-// waiting longer each time (Backoff.swift), so a server restart heals on its own.
+// waiting longer each time (Backoff.swift), so a server restart heals on its own. And with
+// `pool`, it keeps proxy connections open before users come (stage 2's ProxyPool.swift).
 
 import Stage0Pipe
 import Stage1Control
 import Stage2Proxy
-import Synchronization
 
 /// Where the client connects, and how.
 public struct TunnelClientSettings: Sendable {
@@ -22,6 +22,15 @@ public struct TunnelClientSettings: Sendable {
     public var secret = SharedSecret(nil)
     public var heartbeat = Heartbeat.standard
     public var backoff = Backoff()
+    /// Users joined to the local app at once; the server's requests beyond it are turned down,
+    /// so a flood of users cannot open unbounded connections to the app (`--max-users`).
+    public var maxUsers = ServerLimits().maxUsers
+    /// Idle and stall timeouts for joined users, as on the server (`--idle-timeout`, `--stall-timeout`).
+    public var joinTimeouts = ServerLimits().joinTimeouts
+    /// Proxy connections to keep open, ready for users (`--pool`, 0 to 16; 0: none).
+    public var pool = 0
+    /// What relays joined users (`--relay`): one event loop for all of them, or two threads each.
+    public var relay = RelayChoice.events
 
     public init(localApp: Endpoint, control: Endpoint, proxy: Endpoint) {
         self.localApp = localApp
@@ -37,7 +46,9 @@ public final class TunnelClient: Sendable {
     public let events: @Sendable (TunnelClientEvent) -> Void
     private let stopSignal = StopSignal()
     /// Every socket the client has open, so `stop()` can end them all, as an exiting process would.
-    private let open = Mutex<[ObjectIdentifier: Connection]>([:])
+    private let open = Locked<[ObjectIdentifier: Connection]>([:])
+    /// Users being served now, against `settings.maxUsers`.
+    private let users = Locked(0)
 
     public init(_ settings: TunnelClientSettings, events: @escaping @Sendable (TunnelClientEvent) -> Void) {
         self.settings = settings
@@ -86,11 +97,15 @@ public final class TunnelClient: Sendable {
             case .registered:
                 registered()
                 events(.registered(server: control.peer, localApp: settings.localApp))
+                if settings.pool > 0 { try control.write(ClientMessage.pool(settings.pool).encoded) }
+            case .fillPool(let id):
+                openPooledProxy(id)
             case let .createProxy(id, user):
                 events(.userArrived(user: user, id: id))
-                startThread("user \(user)") { self.serveUser(user, id: id) }
+                serveUserOnItsThread(user, id: id)
             case .error(let reason): events(.serverError(reason))
             case .closing(let reason): throw ClosedByServer(reason: reason)
+            case .user: events(.serverError("`user` belongs on a pooled proxy connection, not the control connection"))
             }
         }
         switch ending {
@@ -99,21 +114,82 @@ public final class TunnelClient: Sendable {
         }
     }
 
-    /// Steps 4 and 5 for one user: proxy connection, private connection, join.
-    private func serveUser(_ user: Endpoint, id: ProxyID) {
+    /// Starts `serveUser` on a thread of its own, unless `maxUsers` are being served already or
+    /// no thread can be had. Then the request is turned down here (the server closes the
+    /// user when no proxy connection comes) and the users already joined keep working.
+    private func serveUserOnItsThread(_ user: Endpoint, id: ProxyID) {
+        guard countUser(user) else { return }
+        do {
+            try startThread("user \(user)") {
+                self.serveUser(user, id: id) { self.users.withLock { $0 -= 1 } }
+            }
+        } catch {
+            users.withLock { $0 -= 1 }
+            events(.userTurnedDown(user: user, reason: "\(error)"))
+        }
+    }
+
+    /// Counts one more user against `maxUsers`, or turns it down (false).
+    private func countUser(_ user: Endpoint) -> Bool {
+        let room = users.withLock { count in
+            guard count < settings.maxUsers else { return false }
+            count += 1
+            return true
+        }
+        if !room { events(.userTurnedDown(user: user, reason: "already \(settings.maxUsers) users (--max-users)")) }
+        return room
+    }
+
+    /// Steps 4 and 5 for one user: proxy connection, private connection, join. Calls `done`
+    /// when the user is gone, which with the event relay is after this function has returned.
+    private func serveUser(_ user: Endpoint, id: ProxyID, done: @escaping @Sendable () -> Void) {
         let proxy: Connection
         do {
-            proxy = try connect(settings.proxy)
+            proxy = try openProxy(id)
         } catch {
-            return events(.proxyFailed(user: user, error: "\(error)"))
+            events(.proxyFailed(user: user, error: "\(error)"))
+            return done()
         }
+        events(.proxyOpened(user: user, local: proxy.local))
+        joinToApp(proxy, user: user, early: [], done: done)
+    }
+
+    /// Step 4 ahead of time, for the pool: opens a proxy connection named `id` on a thread of
+    /// its own, which waits there until the server says `user <address>` on it, and then joins
+    /// that user to the app. The server closes a pooled connection that waited too long.
+    private func openPooledProxy(_ id: ProxyID) {
+        do {
+            try startThread("pooled proxy") {
+                guard let proxy = try? self.openProxy(id) else { return }
+                let reader = LineReader(proxy, maxLineLength: 64)
+                guard let line = try? reader.readLine(), case .user(let user) = try? ServerMessage(line: line) else {
+                    return self.release(proxy)  // closed unused (too old, or the client stopped)
+                }
+                self.events(.pooledUserArrived(user: user, local: proxy.local))
+                guard self.countUser(user) else { return self.release(proxy) }
+                self.joinToApp(proxy, user: user, early: reader.takeBuffered()) { self.users.withLock { $0 -= 1 } }
+            }
+        } catch {
+            events(.serverError("cannot keep a pooled proxy connection: \(error)"))
+        }
+    }
+
+    /// A proxy connection to the server, named `id` in its first line.
+    private func openProxy(_ id: ProxyID) throws -> Connection {
+        let proxy = try connect(settings.proxy)
         do {
             try proxy.write(ClientMessage.proxy(id).encoded)
         } catch {
             release(proxy)
-            return events(.proxyFailed(user: user, error: "\(error)"))
+            throw error
         }
-        events(.proxyOpened(user: user, local: proxy.local))
+        return proxy
+    }
+
+    /// Steps 4 and 5 on this side: the private connection to the app, joined to `proxy`;
+    /// `early`, the user's first bytes if they came with the line that announced it, go first.
+    /// Calls `done` when the user is gone.
+    private func joinToApp(_ proxy: Connection, user: Endpoint, early: [UInt8], done: @escaping @Sendable () -> Void) {
         let app: Connection
         do {
             app = try connect(settings.localApp, timeout: .seconds(5))
@@ -121,14 +197,26 @@ public final class TunnelClient: Sendable {
             // Closing the proxy connection closes the user's at once: better than leaving
             // the user to wait for an answer that cannot come.
             release(proxy)
-            return events(.appUnreachable(user: user, app: settings.localApp, error: "\(error)"))
+            events(.appUnreachable(user: user, app: settings.localApp, error: "\(error)"))
+            return done()
         }
         events(.appConnected(user: user, app: settings.localApp))
-        let result = join(proxy, app)
-        release(proxy)
-        release(app)
-        events(.userFinished(user: user, sent: result.forward, received: result.backward,
-                             error: result.error.map { "\($0)" }))
+        do {
+            try app.write(early)
+        } catch {
+            release(proxy)
+            release(app)
+            events(.userFinished(user: user, sent: 0, received: 0, error: "\(error)"))
+            return done()
+        }
+        // With the event relay this returns at once and the thread ends: no thread per joined user.
+        settings.relay.join(proxy, app, timeouts: settings.joinTimeouts, track: { _ in }) { _, result in
+            self.release(proxy)
+            self.release(app)
+            self.events(.userFinished(user: user, sent: early.count + result.forward, received: result.backward,
+                                      error: result.error.map { "\($0)" }))
+            done()
+        }
     }
 
     private func connect(_ endpoint: Endpoint, timeout: Duration = .seconds(10)) throws -> Connection {
@@ -153,11 +241,26 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     case retrying(after: Duration, attempt: Int)
     case serverError(String)
     case userArrived(user: Endpoint, id: ProxyID)
+    case userTurnedDown(user: Endpoint, reason: String)
+    case pooledUserArrived(user: Endpoint, local: Endpoint)
     case proxyOpened(user: Endpoint, local: Endpoint)
     case proxyFailed(user: Endpoint, error: String)
     case appConnected(user: Endpoint, app: Endpoint)
     case appUnreachable(user: Endpoint, app: Endpoint, error: String)
     case userFinished(user: Endpoint, sent: Int, received: Int, error: String?)
+
+    /// Whom the event is about, for the log's rate limit (Tool.log): the user's address, so a
+    /// flood of users cannot flood the client's log either. Nil for the client's own events.
+    public var logSource: String? {
+        switch self {
+        case .connected, .registered, .controlLost, .cannotReachServer, .retrying, .serverError: nil
+        case let .userArrived(user, _), let .userTurnedDown(user, _), let .proxyOpened(user, _),
+            let .proxyFailed(user, _), let .appConnected(user, _), let .appUnreachable(user, _, _),
+            let .pooledUserArrived(user, _),
+            let .userFinished(user, _, _, _):
+            user.host
+        }
+    }
 
     public var description: String {
         switch self {
@@ -175,6 +278,10 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
             "[1] the server answered with an error: \(reason)"
         case let .userArrived(user, id):
             "[3] user \(user) connected: the server asks for a proxy connection (id \(id.short))"
+        case let .pooledUserArrived(user, local):
+            "[3] user \(user) connected: it takes our pooled proxy connection from \(local), no round trip"
+        case let .userTurnedDown(user, reason):
+            "[3] not serving user \(user): \(reason); the server will close it"
         case let .proxyOpened(user, local):
             "[4] proxy connection open from \(local) for user \(user)"
         case let .proxyFailed(user, error):

@@ -4,6 +4,7 @@
 
 import Stage0Pipe
 import Stage1Control
+import Stage2Proxy
 import Stage3Tunnel
 
 let tool = Tool(
@@ -11,6 +12,8 @@ let tool = Tool(
     usage: """
         usage: stage3-client <local-app host:port> [server-host] [--control-port N] [--proxy-port N]
                              [--secret word] [--interval duration] [--timeout duration]
+                             [--max-users N] [--idle-timeout duration] [--stall-timeout duration]
+                             [--pool N] [--inspect address] [--relay events|threads]
 
         Makes the app at <local-app host:port> reachable on the server's public port.
         Dials out to the server (default 127.0.0.1), so it works from behind NAT; if the
@@ -22,16 +25,39 @@ let tool = Tool(
           --secret word        the server's shared secret (default: $TUNNEL_SECRET, else none)
           --interval duration  time between pings (default 5s)
           --timeout duration   reconnect after this much silence from the server (default 15s)
+          --max-users N        users joined to the app at once; the server's requests beyond that
+                               are turned down (default 1000)
+          --idle-timeout duration
+                               reset a joined user when no byte moved either way for this long
+                               (default 10m; 0 for never)
+          --stall-timeout duration
+                               reset a joined user whose peer reads nothing we send for this long
+                               (default 60s; 0 for never)
+          --pool N             keep N proxy connections open, ready for users, so a user does not
+                               wait for steps 3 and 4 (0 to 16; default 0)
+          --inspect address    serve the live view, a page showing the diagram as users pass
+                               through, at host:port, or at 127.0.0.1:port given a port alone
+          --relay events|threads
+                               relay users with one event loop for all (default), or with two
+                               threads per user (stage 0's join, the teaching version)
           -h, --help           show this help
 
         example: python3 -m http.server 8000 --bind 127.0.0.1 & stage3-client 127.0.0.1:8000
         """)
 
-let settings = tool.parse { arguments in
+let (settings, inspect) = tool.parse { arguments in
     let controlPort = try arguments.port("--control-port", default: 60623)
     let proxyPort = try arguments.port("--proxy-port", default: 60625)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
     let heartbeat = try Heartbeat.fromFlags(&arguments)
+    let defaults = ServerLimits()  // the client's limits default to the server's
+    let maxUsers = try arguments.count("--max-users", default: defaults.maxUsers)
+    let pool = try arguments.count("--pool", default: 0, range: 0...16)
+    let joinTimeouts = JoinTimeouts(
+        idle: try arguments.timeout("--idle-timeout", default: defaults.joinTimeouts.idle),
+        stall: try arguments.timeout("--stall-timeout", default: defaults.joinTimeouts.stall))
+    let inspect = try arguments.value("--inspect").map(Inspector.address)
+    let relay = try arguments.relay(default: .events)
     let rest = try arguments.positionals()
     guard (1...2).contains(rest.count) else {
         throw UsageError("expected the local app's host:port and, optionally, the server's host")
@@ -45,12 +71,21 @@ let settings = tool.parse { arguments in
         control: Endpoint(host: serverHost, port: controlPort), proxy: Endpoint(host: serverHost, port: proxyPort))
     settings.secret = secret
     settings.heartbeat = heartbeat
-    return settings
+    settings.maxUsers = maxUsers
+    settings.pool = pool
+    settings.joinTimeouts = joinTimeouts
+    settings.relay = relay
+    return (settings, inspect)
 }
 
-let client = TunnelClient(settings) { tool.log($0.description) }
+let inspector = inspect.map { address in tool.listen { try Inspector(title: "client", on: address) } }
+if let inspector { tool.log("live view: open \(inspector.url) in a browser") }
+let client = TunnelClient(settings) {
+    tool.log($0.description, from: $0.logSource)
+    inspector?.record($0)
+}
 StopSignal().stopOnInterrupt {
-    tool.log("stopping")
+    tool.logStopping()
     client.stop()
 }
 do {

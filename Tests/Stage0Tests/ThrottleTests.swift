@@ -1,0 +1,50 @@
+// The rate limits behind the log and the secret check, with the clock given by the test,
+// so that "a second later" is exact and no test waits.
+
+import Stage0Pipe
+import Testing
+
+@Suite("Stage 0: rate limits and flags")
+struct ThrottleTests {
+    let start = ContinuousClock.now
+
+    @Test("a bucket per key: one key that floods empties only its own bucket, which refills with time")
+    func tokenBuckets() {
+        let buckets = TokenBuckets(burst: 3, perSecond: 2)
+        #expect((0..<5).map { _ in buckets.take("flooder", now: start) } == [true, true, true, false, false])
+        #expect(buckets.take("someone else", now: start))
+        #expect(!buckets.hasToken("flooder", now: start + .milliseconds(400)))
+        #expect(buckets.take("flooder", now: start + .milliseconds(500)), "2 a second: one token after half a second")
+    }
+
+    @Test("a flood of log lines from one source: a burst is printed, the rest is counted and summed up once")
+    func logThrottle() {
+        let throttle = LogThrottle(burst: 3, perSecond: 1)
+        let printed = (0..<100).flatMap { throttle.admit("line \($0)", from: "203.0.113.9", now: start) }
+        #expect(printed == ["line 0", "line 1", "line 2"])
+        #expect(throttle.admit("other", from: "198.51.100.1", now: start) == ["other"], "another source is not held back")
+        // A second later the quiet flooder's left-out lines are summed up, whoever logs next.
+        let later = throttle.admit("later", from: "198.51.100.1", now: start + .seconds(1))
+        #expect(later.count == 2 && later[0].contains("97 more line(s) about 203.0.113.9") && later[1] == "later")
+        // And at the end, what is still left out is said before the process stops.
+        _ = (0..<5).map { throttle.admit("again \($0)", from: "203.0.113.9", now: start + .seconds(1)) }
+        #expect(throttle.summarizeLeftOut().map { $0.contains("more line(s) about 203.0.113.9") } == [true])
+        #expect(throttle.summarizeLeftOut().isEmpty)
+    }
+
+    @Test("durations with units, 0 to turn a timeout off, whole-number limits; anything else is a usage error")
+    func flags() throws {
+        var arguments = Arguments(["--idle-timeout", "10m", "--stall-timeout=0", "--max-users", "50", "--wait", "1.5h"])
+        #expect(try arguments.timeout("--idle-timeout", default: nil) == .seconds(600))
+        #expect(try arguments.timeout("--stall-timeout", default: .seconds(1)) == nil)
+        #expect(try arguments.count("--max-users", default: 1) == 50)
+        #expect(try arguments.duration("--wait", default: .zero) == .seconds(5400))
+        for bad in [["--max-users", "0"], ["--max-users", "many"], ["--wait", "0"], ["--wait", "5"], ["--wait", "25h"]] {
+            var arguments = Arguments(bad)
+            #expect(throws: UsageError.self) {
+                _ = bad[0] == "--wait" ? try arguments.duration("--wait", default: .zero)
+                    : Duration.seconds(try arguments.count("--max-users", default: 1))
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+// Stage 3 on the open internet: what a stranger can try, and what each attempt gets.
+// Every limit is set small here so that a test can reach it with a handful of connections.
+
+import Stage0Pipe
+import Stage1Control
+import Stage2Proxy
+import Stage3Tunnel
+import TestSupport
+import Testing
+
+/// A control connection typed by hand: `auth <secret>` and `register`, then `create_proxy` lines.
+private func register(_ server: RunningServer3, secret: String? = nil) throws -> Connection {
+    let control = try Connection.connect(to: server.control)
+    try control.write(SharedSecret(secret).authLine + "register\n")
+    #expect(try control.readLineForTest() == "registered")
+    return control
+}
+
+/// True if the connection ends without a byte, cleanly or in a reset: closed without a word.
+private func closedWithoutAWord(_ connection: Connection) -> Bool {
+    do {
+        return try connection.readToEnd().isEmpty
+    } catch let error as SocketError {
+        return error.code == ECONNRESET
+    } catch {
+        return false
+    }
+}
+
+/// Reads until the stream ends; true if it ended in a reset rather than a clean end.
+private func endsInReset(_ connection: Connection) -> Bool {
+    do {
+        while try !connection.read(exactly: 65536).isEmpty {}
+        return false
+    } catch let error as SocketError {
+        return error.code == ECONNRESET
+    } catch {
+        return false
+    }
+}
+
+@Suite("Stage 3: exposed to strangers")
+struct ExposureTests {
+    @Test("beyond loopback the server needs a secret, unless the operator opts out in so many words")
+    func secretRequiredBeyondLoopback() throws {
+        #expect(throws: UsageError.self) { try checkExposure(host: "0.0.0.0", secret: SharedSecret(nil), insecure: false) }
+        #expect(throws: UsageError.self) { try checkExposure(host: "203.0.113.7", secret: SharedSecret(nil), insecure: false) }
+        try checkExposure(host: "0.0.0.0", secret: SharedSecret("0123456789abcdef"), insecure: false)
+        try checkExposure(host: "0.0.0.0", secret: SharedSecret(nil), insecure: true)
+        for host in ["127.0.0.1", "127.1.2.3", "localhost", "::1"] {
+            try checkExposure(host: host, secret: SharedSecret(nil), insecure: false)
+        }
+        #expect(!isLoopback("128.0.0.1") && !isLoopback("127.0.0.1.example.com") && !isLoopback("::"))
+        #expect(shortSecretWarning(SharedSecret("hunter2")) != nil)
+        #expect(shortSecretWarning(SharedSecret("0123456789abcdef")) == nil)
+    }
+
+    @Test("wrong secrets: a few are checked, then that address is dropped unchecked for a while")
+    func guessingIsSlowed() throws {
+        let server = try RunningServer3(secret: "right", guesses: GuessLimit(burst: 3, perSecond: 0.01))  // no refill during the test
+        defer { server.stop() }
+        for _ in 0..<3 {
+            let guess = try Connection.connect(to: server.control)
+            defer { guess.close() }
+            try guess.write("auth wrong\n")
+            #expect(try guess.readLineForTest() == "closing wrong secret")
+        }
+        // Out of guesses: even the right secret is not checked now (dropped, not refused,
+        // so the rightful client waits and retries instead of giving up).
+        let next = try Connection.connect(to: server.control)
+        defer { next.close() }
+        try next.write("auth right\nregister\n")
+        #expect(closedWithoutAWord(next))
+        #expect(server.events.wait { if case let .controlClosed(_, reason, _, _) = $0 { reason.contains("too many wrong secrets") } else { false } })
+    }
+
+    @Test("lines a server does not understand: two get an error each, the third closes the connection")
+    func junkClosesControl() throws {
+        let server = try RunningServer3()
+        defer { server.stop() }
+        let control = try Connection.connect(to: server.control)
+        defer { control.close() }
+        try control.write("auth\n" + String(repeating: "x\n", count: 1000))
+        #expect(try control.readLineForTest()?.hasPrefix("error ") == true)
+        #expect(try control.readLineForTest()?.hasPrefix("error ") == true)
+        #expect(try control.readLineForTest() == "closing too many lines this server does not understand")
+        #expect(server.events.events.filter { if case .controlRejected = $0 { true } else { false } }.count == 2)
+    }
+
+    @Test("users from one address over its limit are closed at once; the users already joined keep working")
+    func userLimitPerAddress() throws {
+        let echo = try echoServer()
+        defer { echo.stop() }
+        var limits = ServerLimits()
+        limits.maxUsersPerAddress = 2
+        let (server, client) = try startTunnel(app: echo.endpoint, limits: limits)
+        defer { client.stop(); server.stop() }
+
+        let first = try Connection.connect(to: server.public)
+        let second = try Connection.connect(to: server.public)
+        defer { first.close(); second.close() }
+        for user in [first, second] {  // joined: their bytes come back
+            try user.write("ping")
+            #expect(try user.read(exactly: 4) == Array("ping".utf8))
+        }
+        let third = try Connection.connect(to: server.public)
+        defer { third.close() }
+        #expect(closedWithoutAWord(third), "closed at once, without reaching the app")
+        #expect(server.events.wait { if case let .overLimit(_, _, limit) = $0 { limit.contains("--max-users-per-address") } else { false } })
+        try first.write("still here")
+        #expect(try first.read(exactly: 10) == Array("still here".utf8))
+    }
+
+    @Test("silent connections to the control port fill only their own address's room; the client keeps working")
+    func pendingLimit() throws {
+        let echo = try echoServer()
+        defer { echo.stop() }
+        var limits = ServerLimits()
+        limits.maxPendingPerAddress = 2
+        let (server, client) = try startTunnel(app: echo.endpoint, limits: limits)
+        defer { client.stop(); server.stop() }
+
+        let silent = try (0..<2).map { _ in try Connection.connect(to: server.control) }
+        defer { for connection in silent { connection.close() } }
+        #expect(server.events.wait(for: 3) { if case .controlOpened = $0 { true } else { false } })  // client + 2
+        let over = try Connection.connect(to: server.control)
+        defer { over.close() }
+        #expect(closedWithoutAWord(over))
+        #expect(server.events.wait { if case .overLimit = $0 { true } else { false } })
+
+        let user = try Connection.connect(to: server.public)  // the registered client still serves
+        defer { user.close() }
+        try user.write("through")
+        user.shutdownWrite()
+        #expect(try user.readToEnd() == Array("through".utf8))
+    }
+
+    @Test("a joined user idle past the idle timeout is reset, and the server says why")
+    func idleUserIsReset() throws {
+        let echo = try echoServer()
+        defer { echo.stop() }
+        var limits = ServerLimits()
+        limits.joinTimeouts = JoinTimeouts(idle: .milliseconds(200), stall: nil)
+        let (server, client) = try startTunnel(app: echo.endpoint, limits: limits)
+        defer { client.stop(); server.stop() }
+
+        let user = try Connection.connect(to: server.public)
+        defer { user.close() }
+        try user.write("hello")
+        #expect(try user.read(exactly: 5) == Array("hello".utf8))
+        #expect(endsInReset(user))
+        #expect(server.events.wait { if case let .userFinished(_, _, _, error) = $0 { error?.contains("idle timeout") == true } else { false } })
+    }
+
+    @Test("a user that stops reading a download is reset after the stall timeout")
+    func stalledReaderIsReset() throws {
+        let firehose = try firehoseServer()
+        defer { firehose.stop() }
+        var limits = ServerLimits()
+        limits.joinTimeouts = JoinTimeouts(idle: nil, stall: .milliseconds(300))
+        let (server, client) = try startTunnel(app: firehose.endpoint, limits: limits)
+        defer { client.stop(); server.stop() }
+
+        let user = try Connection.connect(to: server.public)
+        defer { user.close() }
+        _ = try user.read(exactly: 65536)  // joined; now read nothing more
+        #expect(server.events.wait { if case let .userFinished(_, _, _, error) = $0 { error?.contains("stall timeout") == true } else { false } })
+        #expect(endsInReset(user))
+    }
+
+    @Test("a client that vanishes (heartbeat timeout): the users joined through it are reset, not ended cleanly")
+    func vanishedClientResetsUsers() throws {
+        let server = try RunningServer3(heartbeatTimeout: .milliseconds(300))
+        defer { server.stop() }
+        let control = try register(server)  // a client that will stop sending pings
+        defer { control.close() }
+        let user = try Connection.connect(to: server.public)
+        defer { user.close() }
+        let proxy = try Connection.connect(to: server.proxy)
+        defer { proxy.close() }
+        try proxy.write("proxy \(try nextID(control, "create_proxy"))\n")
+        try user.write("mid-transfer")
+        #expect(try proxy.read(exactly: 12) == Array("mid-transfer".utf8))
+
+        #expect(endsInReset(user), "a reset tells the user the transfer failed")
+        #expect(server.events.wait { if case let .controlClosed(_, _, _, reset) = $0 { reset == 1 } else { false } })
+    }
+
+    @Test("a thread the system refuses is an error the caller sees, not a body that silently never runs")
+    func threadStartFailureIsReported() {
+        // A stack larger than the address space: pthread_create cannot map it.
+        #expect(throws: ThreadStartError.self) { _ = try BackgroundThread("too big", stackSize: 1 << 50) { 0 } }
+    }
+}

@@ -1,0 +1,83 @@
+// The proxy pool: proxy connections opened before users come, so a user skips steps 3 and 4.
+// Each test waits for the pool to fill (the server logs each parked connection) before a user comes.
+
+import Stage0Pipe
+import Stage1Control
+import Stage2Proxy
+import Stage3Tunnel
+import TestSupport
+import Testing
+
+private func parked(_ event: TunnelServerEvent) -> Bool { if case .proxyParked = event { true } else { false } }
+private func pooledUse(_ event: TunnelServerEvent) -> Bool { if case .pooledProxy = event { true } else { false } }
+
+/// A client typed by hand: authenticates, registers and asks for a pool of `size`.
+private func rawClient(_ server: RunningServer3, pool size: Int) throws -> Connection {
+    let control = try Connection.connect(to: server.control)
+    try control.write("auth\nregister\npool \(size)\n")
+    #expect(try control.readLineForTest() == "registered")
+    return control
+}
+
+@Suite("Stage 3: the proxy pool")
+struct PoolTests {
+    @Test("users take pooled proxy connections, and the pool is refilled behind them")
+    func usersTakePooledConnections() throws {
+        let echo = try echoServer()
+        defer { echo.stop() }
+        let server = try RunningServer3()
+        defer { server.stop() }
+        let client = try RunningClient3(app: echo.endpoint, server: server, pool: 2)
+        defer { client.stop() }
+        #expect(server.events.wait(for: 2, parked))
+
+        for index in 0..<5 {
+            let user = try Connection.connect(to: server.public)
+            defer { user.close() }
+            try user.write("user \(index)")
+            user.shutdownWrite()
+            #expect(try user.readToEnd() == Array("user \(index)".utf8))
+        }
+        #expect(server.events.events.filter(pooledUse).count >= 1, "the first user at least found a full pool")
+        #expect(server.events.wait(for: 3, parked), "a used connection is replaced")
+    }
+
+    @Test("an id from fill_pool works for one proxy connection, once")
+    func poolIDsAreSingleUse() throws {
+        let server = try RunningServer3()
+        defer { server.stop() }
+        let control = try rawClient(server, pool: 1)
+        defer { control.close() }
+        let id = try nextID(control, "fill_pool")
+        let first = try Connection.connect(to: server.proxy)
+        defer { first.close() }
+        try first.write("proxy \(id)\n")
+        #expect(server.events.wait(parked))
+        let second = try Connection.connect(to: server.proxy)
+        defer { second.close() }
+        try second.write("proxy \(id)\n")
+        #expect(try second.readToEnd().isEmpty)
+        #expect(server.events.wait { if case let .proxyRejected(_, reason) = $0 { reason.contains("not waiting") } else { false } })
+    }
+
+    @Test("a parked connection past its age is closed and replaced, and the user is asked for the usual way")
+    func staleConnectionsAreReplaced() throws {
+        var limits = ServerLimits()
+        limits.poolMaxAge = .zero  // every parked connection is already too old
+        let server = try RunningServer3(limits: limits)
+        defer { server.stop() }
+        let control = try rawClient(server, pool: 1)
+        defer { control.close() }
+        let pooled = try Connection.connect(to: server.proxy)
+        defer { pooled.close() }
+        try pooled.write("proxy \(try nextID(control, "fill_pool"))\n")
+        #expect(server.events.wait(parked))
+
+        let user = try Connection.connect(to: server.public)
+        defer { user.close() }
+        _ = try nextID(control, "fill_pool")  // a replacement for the stale one...
+        _ = try nextID(control, "create_proxy")  // ...and the user asked for as without a pool
+        #expect(try pooled.readToEnd().isEmpty, "the stale connection was closed, not given the user")
+        #expect(!server.events.events.contains(where: pooledUse))
+    }
+}

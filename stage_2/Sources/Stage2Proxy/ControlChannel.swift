@@ -1,0 +1,88 @@
+// Step 1 on the server: the registered client's control connection, which every user's thread
+// writes `create_proxy` on (step 3), and the joins made through it (step 5), which must not
+// outlive it. Also `Admission`, the verdict on a new control connection.
+
+import Stage0Pipe
+import Stage1Control
+
+/// A client's control connection. The client's own thread writes `pong` on it while users'
+/// threads write `create_proxy`: writes take turns under a lock, so lines never interleave.
+///
+/// The same lock guards closing. Once a descriptor is closed, the kernel gives its number to
+/// the next socket opened, perhaps a stranger's connection to the public port; a user thread
+/// that wrote `create_proxy <id>` to the old number would hand that stranger a live id. So
+/// `close()` waits for the writer in progress, and every later `send` fails instead.
+/// (Connection itself makes a late shutdown harmless, but not a late write: writes stay
+/// outside its lock, because joins make millions of them.)
+final class ControlChannel: Sendable {
+    let connection: Connection
+    /// How long a line may wait for the client to make room.
+    let sendTimeout: Duration
+    /// True once closed; held while writing.
+    private let closed = Locked(false)
+    /// Set when a newer client takes this one's place, so its log line can say so.
+    let wasReplaced = Locked(false)
+    /// The joins running for users this client was asked about; nil once the connection has
+    /// ended, so that a join starting after that is refused instead of forgotten.
+    private let joins = Locked<[ObjectIdentifier: any AbortableJoin]?>([:])
+    /// Proxy connections this client keeps ready, if it asked for any (`pool <n>`).
+    let pool: ProxyPool
+
+    init(_ connection: Connection, sendTimeout: Duration, poolMaxAge: Duration) {
+        self.connection = connection
+        self.sendTimeout = sendTimeout
+        pool = ProxyPool(maxAge: poolMaxAge)
+    }
+
+    func send(_ message: ServerMessage) throws {
+        try closed.withLock { closed in
+            guard !closed else { throw SocketError(call: "write to \(connection.peer)", code: ENOTCONN) }
+            do {
+                try connection.write(message.encoded, deadline: .now + sendTimeout)
+            } catch {
+                // A client that stopped reading is gone for our purposes: end the connection, so
+                // the users queued behind this lock fail at once instead of each timing out.
+                connection.shutdownBoth()
+                throw error
+            }
+        }
+    }
+
+    /// Records a join made through this client. False if the client is gone already.
+    func track(_ join: any AbortableJoin) -> Bool {
+        joins.withLock { joins in
+            guard joins != nil else { return false }
+            joins![ObjectIdentifier(join)] = join
+            return true
+        }
+    }
+
+    func untrack(_ join: any AbortableJoin) {
+        joins.withLock { _ = $0?.removeValue(forKey: ObjectIdentifier(join)) }
+    }
+
+    /// The control connection has ended: returns the joins still running through it, and
+    /// refuses any later `track`.
+    func endJoins() -> [any AbortableJoin] {
+        guard let running = joins.exchange(nil) else { return [] }
+        return Array(running.values)
+    }
+
+    /// Closes the connection once no one is writing to it; later sends fail.
+    func close() {
+        closed.withLock { closed in
+            closed = true
+            connection.close()
+        }
+    }
+}
+
+/// What `TunnelServer.admit` decides about a new control connection.
+public enum Admission: Sendable, Equatable {
+    case admitted
+    /// Told `closing <reason>`: trying again would not help (a wrong secret, say).
+    case refused(String)
+    /// Closed without a word: a passing failure (too slow, hung up), so a retry may work.
+    case dropped(String)
+}
+

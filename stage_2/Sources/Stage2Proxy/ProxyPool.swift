@@ -1,0 +1,99 @@
+// Steps 3 and 4 done ahead of time: the proxy pool. Without it, every user waits while the
+// server asks the client for a proxy connection (step 3) and the client opens one (step 4): a
+// round trip and a TCP handshake between them, far away from each other on a real network.
+// With `pool <n>`, the client keeps n proxy connections open and idle; a user arriving takes
+// one at once, the server tells the client `user <address>` on it, and asks for a new one
+// (`fill_pool <id>`) to refill the pool.
+//
+// The ids stay what they were: 128 random bits each, given only to the registered client, and
+// good for one proxy connection. The cost: n idle connections, and a client thread for each.
+// An idle connection through NAT may be forgotten by a router on the way (stage 1's lesson),
+// and nothing tells us, so a parked connection older than `maxAge` is closed and replaced
+// instead of handed to a user.
+
+import Stage0Pipe
+
+/// One client's pool of parked proxy connections.
+final class ProxyPool: Sendable {
+    /// The most proxy connections a client may keep parked.
+    static let maxSize = 16
+    /// How long a parked connection may wait for a user: well under the idle timeouts of the
+    /// NAT routers we know of (minutes), so that a connection we hand out is still open.
+    let maxAge: Duration
+
+    private struct State {
+        var size = 0
+        /// Ids sent in `fill_pool` whose proxy connection has not come yet.
+        var ids: Set<ProxyID> = []
+        var parked: [(connection: Connection, since: ContinuousClock.Instant)] = []
+        /// The client's control connection has ended: nothing more is parked.
+        var ended = false
+    }
+
+    private let state = Locked(State())
+
+    init(maxAge: Duration) { self.maxAge = maxAge }
+
+    /// The client asked for `size` connections. Returns the ids to send as `fill_pool` lines.
+    /// (Asking for fewer takes effect as connections are used.)
+    func resize(to size: Int) -> [ProxyID] {
+        state.withLock { state in
+            state.size = min(size, ProxyPool.maxSize)
+            return newIDs(&state)
+        }
+    }
+
+    /// A proxy connection named `id`: true if `id` was one of the pool's, which it no longer is.
+    func claim(_ id: ProxyID) -> Bool {
+        state.withLock { $0.ids.remove(id) != nil }
+    }
+
+    /// Parks a claimed connection until a user takes it; false if the pool has ended (then the
+    /// caller closes it).
+    func park(_ connection: Connection) -> Bool {
+        state.withLock { state in
+            guard !state.ended else { return false }
+            state.parked.append((connection, .now))
+            return true
+        }
+    }
+
+    /// The newest parked connection that is still fit for a user, if any, and the ids to send as
+    /// `fill_pool` lines to replace it and any stale or closed ones thrown away on the way.
+    func take() -> (proxy: Connection?, refill: [ProxyID]) {
+        let now = ContinuousClock.now
+        let (proxy, discarded, refill) = state.withLock { state in
+            var discarded: [Connection] = []
+            state.parked.removeAll { entry in
+                // Readable means closed: a parked connection says nothing until it has a user.
+                let unfit = entry.since.duration(to: now) >= maxAge || entry.connection.isReadable
+                if unfit { discarded.append(entry.connection) }
+                return unfit
+            }
+            let proxy = state.parked.popLast()?.connection  // the newest: the least likely to be stale
+            return (proxy, discarded, newIDs(&state))
+        }
+        for connection in discarded { connection.close() }
+        return (proxy, refill)
+    }
+
+    /// The client has gone: closes every parked connection, and parks nothing from now on.
+    func end() {
+        let parked = state.withLock { state in
+            state.ended = true
+            state.ids = []
+            defer { state.parked = [] }
+            return state.parked.map(\.connection)
+        }
+        for connection in parked { connection.close() }
+    }
+
+    /// New ids to bring the pool (parked + ids not yet used) back up to its size.
+    private func newIDs(_ state: inout State) -> [ProxyID] {
+        guard !state.ended else { return [] }
+        let missing = state.size - state.parked.count - state.ids.count
+        let ids = (0..<max(0, missing)).map { _ in ProxyID.random() }
+        state.ids.formUnion(ids)
+        return ids
+    }
+}
