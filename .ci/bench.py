@@ -30,11 +30,15 @@ Columns:
   idle users          N users connect, each sends one GET and reads the answer (so each is
                       joined end to end), then all stay open and silent; held = how many got
                       their answer. Then RSS (MiB) / threads / open fds of the server (the
-                      forwarder, or haproxy) and of the stage 3 client. Relays with a thread per
-                      user are given fewer users when kernel.pid_max would otherwise run out
-                      (the table says so): raise it (`sysctl kernel.pid_max=4194304`) for all.
+                      forwarder, or haproxy) and of the stage 3 client. Fewer users are asked
+                      for when the machine would run out (the table says which limit): relays
+                      with a thread per user need PIDs (`sysctl kernel.pid_max=4194304`), and
+                      every relay two descriptors per user (`ulimit -n`, raised when allowed).
 The first table gives medians over the runs; the second the spread (min–max) of the same cells.
 On a busy machine figures move by tens of percent between runs: compare rows of one table.
+nginx answers headers and body in one write (sendfile off, its default); with two writes a
+relay that leaves Nagle's algorithm on waits for a delayed ACK, 40 ms per request (socat does).
+Linux only (taskset, /proc).
 """
 import argparse
 import os
@@ -92,11 +96,6 @@ class Processes:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        for pid in family[1:]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if process in self.running:
             self.running.remove(process)
 
@@ -197,13 +196,13 @@ def free_port():
 NGINX_CONF = """\
 daemon off;
 master_process off;
-worker_rlimit_nofile 200000;
+worker_rlimit_nofile {nofile};
 error_log {tmp}/nginx-error.log warn;
 pid {tmp}/nginx.pid;
-events {{ worker_connections 100000; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
-    sendfile on;
+    sendfile off;  # nginx's default: headers and a small body leave in one write
     keepalive_requests 100000000;
     keepalive_timeout 600s;
     client_body_temp_path {tmp}/nginx-body;
@@ -223,7 +222,8 @@ def start_nginx(procs, tmp, core):
     port = free_port()
     conf = os.path.join(tmp, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(tmp=tmp, port=port))
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        f.write(NGINX_CONF.format(tmp=tmp, port=port, nofile=nofile, connections=nofile - 64))
     nginx = procs.start("nginx", [shutil.which("nginx"), "-p", tmp, "-e", f"{tmp}/nginx-error.log",
                                   "-c", conf], core)
     wait_until("nginx listening", lambda: listening(port), nginx)
@@ -281,7 +281,8 @@ class Path:
         if self.kind == "haproxy":
             conf = os.path.join(procs.tmp, f"{name}.cfg")
             with open(conf, "w") as f:
-                f.write(f"global\n  nbthread 1\n  maxconn 100000\n"
+                maxconn = (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 64) // 2  # two fds each
+                f.write(f"global\n  nbthread 1\n  maxconn {maxconn}\n"
                         f"defaults\n  mode tcp\n  timeout connect 5s\n"
                         f"  timeout client 10m\n  timeout server 10m\n"
                         f"listen relay\n  bind 127.0.0.1:{port}\n  server app 127.0.0.1:{target}\n")
@@ -618,7 +619,7 @@ def choose_paths(cfg):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=".ci/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 1 run, 1-2 s loads, 128 MiB bulk, 300 new connections, 1000 idle users")
     parser.add_argument("--runs", type=int, help="runs of every path; medians are taken over them (default 3)")
@@ -629,10 +630,14 @@ def main():
     parser.add_argument("--idle-users", type=int, help="concurrent idle users to hold (default 10000)")
     parser.add_argument("--pool", type=int, default=4, help="pool size when stage3-client has --pool (default 4)")
     parser.add_argument("--only", help="measure only the paths whose label contains this (direct always)")
+    parser.add_argument("--bin", help="where the executables are (default .build/release, built by .ci/bench)")
     parser.add_argument("--bulk-app", type=int, help=argparse.SUPPRESS)
     cfg = parser.parse_args()
     if cfg.bulk_app:
         return bulk_app(cfg.bulk_app)
+    if cfg.bin:
+        global BIN
+        BIN = os.path.abspath(cfg.bin)
     defaults = dict(runs=3, seconds=10, keepalive_seconds=5, new_connections=2000, bulk_mib=1024, idle_users=10000)
     if cfg.quick:
         defaults = dict(runs=1, seconds=2, keepalive_seconds=1, new_connections=300, bulk_mib=128, idle_users=1000)
@@ -696,7 +701,10 @@ def main():
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\n{cfg.runs} run(s) in {minutes:.1f} min on {os.uname().release}; nginx + relays on CPU {app_core}, "
+    with open("/proc/loadavg") as f:
+        load_average = f.read().split()[0]
+    print(f"\n{cfg.runs} run(s) in {minutes:.1f} min on Linux {os.uname().release} (load average {load_average} "
+          f"at the end); nginx + relays on CPU {app_core}, "
           f"load on CPU {load_core}; wrk -c64 {cfg.seconds} s, keep-alive {cfg.keepalive_seconds} s, "
           f"{cfg.new_connections} new connections, bulk {cfg.bulk_mib} MiB each way, {cfg.idle_users} idle users.")
     print("Medians. Bulk and req/s: value (× direct). Latency: direct's own, others' added (+µs).\n")
