@@ -41,6 +41,7 @@ relay that leaves Nagle's algorithm on waits for a delayed ACK, 40 ms per reques
 Linux only (taskset, /proc).
 """
 import argparse
+import functools
 import os
 import resource
 import selectors
@@ -178,11 +179,11 @@ def wait_until(what, predicate, process=None, deadline=15):
         if process is not None and process.poll() is not None:
             break
         time.sleep(0.02)
-    detail = ""
+    detail, exited = "", process is not None and process.poll() is not None
     if process is not None:
         with open(process.logpath, errors="replace") as f:
             detail = " — its log ends: " + " | ".join(f.read().splitlines()[-3:])
-    raise RuntimeError(f"{what} did not happen within {deadline} s{detail}")
+    raise RuntimeError(f"{what} did not happen: " + ("it exited" if exited else f"not within {deadline} s") + detail)
 
 
 def free_port():
@@ -296,14 +297,15 @@ class Path:
         else:  # stage 3: the server, then the client; ready once the client has registered
             control, proxy = free_port(), free_port()
             ports = ["--control-port", str(control), "--proxy-port", str(proxy)]
-            server = procs.start(name + "-server", [
-                f"{BIN}/stage3-server", "--public-port", str(port), "--max-users", "40000",
-                "--max-users-per-address", "40000"] + ports + relay, core)
+            # Lift the user limits (1000 in all, 100 per address by default) where they exist.
+            limits = ["--max-users", "40000", "--max-users-per-address", "40000"]
+            server = procs.start(name + "-server", [f"{BIN}/stage3-server", "--public-port", str(port)]
+                                 + (limits if accepts("stage3-server", "--max-users") else []) + ports + relay, core)
             wait_until("stage3-server listening", lambda: listening(control) and listening(port), server)
             pool = ["--pool", str(self.pool)] if self.pool is not None else []
             client = procs.start(name + "-client", [
-                f"{BIN}/stage3-client", f"127.0.0.1:{target}", "127.0.0.1", "--max-users", "40000"]
-                + ports + relay + pool, core)
+                f"{BIN}/stage3-client", f"127.0.0.1:{target}", "127.0.0.1"]
+                + (limits[:2] if accepts("stage3-client", "--max-users") else []) + ports + relay + pool, core)
             wait_until("stage3-client registered", lambda: b"registered with" in open(client.logpath, "rb").read(),
                        client)
             return port, [server, client]
@@ -586,7 +588,9 @@ def table(paths, results, spread):
 
 # ---------------------------------------------------------------- main
 
+@functools.cache
 def accepts(executable, flag):
+    """Whether the executable's --help mentions the flag: the benchmark measures what exists."""
     out = subprocess.run([f"{BIN}/{executable}", "--help"], capture_output=True, text=True, timeout=10)
     return flag in out.stdout + out.stderr
 
