@@ -675,7 +675,12 @@ def main():
         log(f"ulimit -n is {nofile} and cannot be raised here: fewer idle users than {cfg.idle_users}")
 
     paths, notes = choose_paths(cfg)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+    # Ctrl-C and kill both end in the cleanup below (SIGINT is ignored in background jobs
+    # unless a handler is set).
+    def interrupted(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     tmp = tempfile.mkdtemp(prefix="ngrok-bench-")
     procs = Processes(tmp)
     started_at = time.monotonic()
