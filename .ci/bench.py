@@ -514,7 +514,6 @@ def measure(path, procs, cfg, apps, core, tag, r):
     finally:
         for process in started:
             procs.stop(process)
-    return r
 
 
 # ---------------------------------------------------------------- the table
@@ -525,15 +524,15 @@ def median(values):
 
 def cells(path, runs, direct_runs, spread):
     """The row of one path: medians, or (spread=True) min–max, of each figure over the runs."""
-    def figure(key, fmt, against=None, ratio=False):
+    def figure(key, fmt, relative=None):
+        """`relative`: None for the value itself, "ratio" or "added" for it against direct's."""
         values = []
         for r, d in zip(runs, direct_runs):
-            if key not in r:
-                continue
-            value = r[key]
-            if against is not None and path.kind != "direct":
-                value = value / d[key] if ratio else value - d[key]
-            values.append(value)
+            if relative and path.kind != "direct":
+                if key in r and key in d:
+                    values.append(r[key] / d[key] if relative == "ratio" else r[key] - d[key])
+            elif key in r:
+                values.append(r[key])
         if not values:
             return "–"
         if spread:
@@ -544,12 +543,12 @@ def cells(path, runs, direct_runs, spread):
         absolute = figure(key, fmt)
         if path.kind == "direct":
             return absolute
-        return f"{absolute} ({figure(key, lambda v: f'{v:.2f}×', True, True)})"
+        return f"{absolute} ({figure(key, lambda v: f'{v:.2f}×', 'ratio')})"
 
     def added(key):
         if path.kind == "direct":
             return figure(key, lambda v: f"{v:.0f}")
-        return figure(key, lambda v: f"{v:+.0f}", True)
+        return figure(key, lambda v: f"{v:+.0f}", "added")
 
     def idle():
         if not path.idle or path.kind == "direct":
@@ -622,21 +621,30 @@ def choose_paths(cfg):
     return paths, notes
 
 
+def positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return int(text)
+
+
 def main():
     parser = argparse.ArgumentParser(prog=".ci/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 1 run, 1-2 s loads, 128 MiB bulk, 300 new connections, 1000 idle users")
-    parser.add_argument("--runs", type=int, help="runs of every path; medians are taken over them (default 3)")
-    parser.add_argument("--seconds", type=int, help="duration of the wrk -c64 load (default 10)")
-    parser.add_argument("--keepalive-seconds", type=int, help="duration of the wrk -c1 latency run (default 5)")
-    parser.add_argument("--new-connections", type=int, help="connections for new-connection latency (default 2000)")
-    parser.add_argument("--bulk-mib", type=int, help="bulk transfer size each way, MiB (default 1024)")
-    parser.add_argument("--idle-users", type=int, help="concurrent idle users to hold (default 10000)")
-    parser.add_argument("--pool", type=int, default=4, help="pool size when stage3-client has --pool (default 4)")
+    parser.add_argument("--runs", type=positive, help="runs of every path; medians are taken over them (default 3)")
+    parser.add_argument("--seconds", type=positive, help="duration of the wrk -c64 load (default 10)")
+    parser.add_argument("--keepalive-seconds", type=positive, help="duration of the wrk -c1 latency run (default 5)")
+    parser.add_argument("--new-connections", type=positive, help="connections for new-connection latency (default 2000)")
+    parser.add_argument("--bulk-mib", type=positive, help="bulk transfer size each way, MiB (default 1024)")
+    parser.add_argument("--idle-users", type=positive, help="concurrent idle users to hold (default 10000)")
+    parser.add_argument("--pool", type=positive, default=4, help="pool size when stage3-client has --pool (default 4)")
     parser.add_argument("--only", help="measure only the paths whose label contains this (direct always)")
     parser.add_argument("--bin", help="where the executables are (default .build/release, built by .ci/bench)")
     parser.add_argument("--bulk-app", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--check-arguments", action="store_true", help=argparse.SUPPRESS)
     cfg = parser.parse_args()
+    if cfg.check_arguments:  # .ci/bench asks before it installs and builds
+        return 0
     if cfg.bulk_app:
         return bulk_app(cfg.bulk_app)
     if cfg.bin:
