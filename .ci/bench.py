@@ -409,9 +409,12 @@ class PssSampler(threading.Thread):
 
 def hold_idle_users(port, count, batch=250):
     """Opens `count` users in batches; each sends a GET and must get its answer. Returns the
-    open sockets that did (the caller measures, then closes them)."""
+    open sockets that did (the caller measures, then closes them). Stops after a batch in
+    which nobody got an answer: the relay is full, and waiting on would only take time."""
     held, selector = [], selectors.DefaultSelector()
     for first in range(0, count, batch):
+        if first and len(held) <= first - batch:
+            break
         pending = {}
         for i in range(first, min(first + batch, count)):
             s = socket.socket()
@@ -428,7 +431,7 @@ def hold_idle_users(port, count, batch=250):
                 selector.register(s, selectors.EVENT_READ)
             except OSError:
                 s.close()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 15  # the server gives up on a proxy connection after 10 s
         while pending and time.monotonic() < deadline:
             for key, _ in selector.select(timeout=0.5):
                 s = key.fileobj
@@ -554,9 +557,10 @@ def cells(path, runs, direct_runs, spread):
         if not path.idle or path.kind == "direct":
             return "–", "–", "–"
         held = figure("idle_held", lambda v: f"{v:.0f}")
+        asked = [r["idle_asked"] for r in runs if "idle_asked" in r]
         limits = sorted({r["idle_limit"] for r in runs if r.get("idle_limit")})
-        if limits and not spread:
-            held += f" (asked {median([r['idle_asked'] for r in runs]):.0f}: {', '.join(limits)})"
+        if asked and not spread and (limits or held != f"{median(asked):.0f}"):
+            held += f" of {median(asked):.0f}" + (f" ({', '.join(limits)})" if limits else "")
         def side(role):
             if f"{role}_rss" not in runs[0]:
                 return "–"
