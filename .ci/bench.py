@@ -413,9 +413,9 @@ def hold_idle_users(port, count, batch=250):
     which nobody got an answer: the relay is full, and waiting on would only take time."""
     held, selector = [], selectors.DefaultSelector()
     for first in range(0, count, batch):
-        if first and len(held) <= first - batch:
+        if first and len(held) == held_before:
             break
-        pending = {}
+        held_before, pending = len(held), {}
         for i in range(first, min(first + batch, count)):
             s = socket.socket()
             try:
