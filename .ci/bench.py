@@ -129,7 +129,12 @@ def descendants(roots):
 
 
 def cpu_seconds(roots):
-    """User + system CPU of the process trees, reaped children included (socat's)."""
+    """User + system CPU of the process trees. It waits (up to 3 s) until every child has
+    been reaped first: socat's children exit as their connection closes, and a child read
+    just before the parent reaps it would be counted twice, or not at all."""
+    deadline = time.monotonic() + 3
+    while descendants(roots) - set(roots) and time.monotonic() < deadline:
+        time.sleep(0.02)
     ticks = 0
     for pid in descendants(roots):
         try:
@@ -625,6 +630,37 @@ def choose_paths(cfg):
     return paths, notes
 
 
+def raise_descriptor_limit():
+    """10,000 idle users need 20,000+ descriptors in each relay process: raise the limit as far
+    as allowed (the hard limit needs CAP_SYS_RESOURCE, which a container may not give)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with open("/proc/sys/fs/nr_open") as f:
+        wanted = max(hard, int(f.read()))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+    except (OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def report(cfg, paths, results, notes, minutes, cores):
+    with open("/proc/loadavg") as f:
+        load_average = f.read().split()[0]
+    print(f"\n{cfg.runs} run(s) in {minutes:.1f} min on Linux {os.uname().release} (load average {load_average} "
+          f"at the end); nginx + relays on CPU {cores[0]}, load on CPU {cores[-1]}; wrk -c64 {cfg.seconds} s, "
+          f"keep-alive {cfg.keepalive_seconds} s, {cfg.new_connections} new connections, "
+          f"bulk {cfg.bulk_mib} MiB each way, {cfg.idle_users} idle users.")
+    print("Medians. Bulk and req/s: value (× direct). Latency: direct's own, others' added (+µs).\n")
+    print(table(paths, results, spread=False))
+    if cfg.runs > 1:
+        print("\nSpread over the runs (min–max of the same figures; ratios and added latency per run):\n")
+        print(table(paths, results, spread=True))
+    if notes:
+        print()
+    for note in notes:
+        print(f"- {note}")
+
+
 def positive(text):
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
@@ -673,16 +709,7 @@ def main():
     if len(cores) < 2:
         log("only one CPU: the load and the relays share it, so the figures mean little")
     os.sched_setaffinity(0, {load_core})  # this driver is load; wrk inherits it
-    # 10,000 idle users need 20,000+ descriptors in each relay process: raise the limit as far
-    # as allowed (the hard limit needs CAP_SYS_RESOURCE, which a container may not give).
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    with open("/proc/sys/fs/nr_open") as f:
-        wanted = max(hard, int(f.read()))
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
-    except (OSError, ValueError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    nofile = raise_descriptor_limit()
     if nofile < 2 * cfg.idle_users + 64:
         log(f"ulimit -n is {nofile} and cannot be raised here: fewer idle users than {cfg.idle_users}")
 
@@ -718,24 +745,14 @@ def main():
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
         return 130
+    except (OSError, RuntimeError) as error:  # an app would not start: nothing to measure against
+        log(f"cannot run: {error}")
+        return 1
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    with open("/proc/loadavg") as f:
-        load_average = f.read().split()[0]
-    print(f"\n{cfg.runs} run(s) in {minutes:.1f} min on Linux {os.uname().release} (load average {load_average} "
-          f"at the end); nginx + relays on CPU {app_core}, "
-          f"load on CPU {load_core}; wrk -c64 {cfg.seconds} s, keep-alive {cfg.keepalive_seconds} s, "
-          f"{cfg.new_connections} new connections, bulk {cfg.bulk_mib} MiB each way, {cfg.idle_users} idle users.")
-    print("Medians. Bulk and req/s: value (× direct). Latency: direct's own, others' added (+µs).\n")
-    print(table(paths, results, spread=False))
-    if cfg.runs > 1:
-        print("\nSpread over the runs (min–max of the same figures; ratios and added latency per run):\n")
-        print(table(paths, results, spread=True))
-    for note in notes:
-        print(f"\n- {note}", end="")
-    print()
+    report(cfg, paths, results, notes, minutes, cores)
     return 0
 
 
