@@ -564,8 +564,10 @@ def cells(path, runs, direct_runs, spread):
         held = figure("idle_held", lambda v: f"{v:.0f}")
         asked = [r["idle_asked"] for r in runs if "idle_asked" in r]
         limits = sorted({r["idle_limit"] for r in runs if r.get("idle_limit")})
-        if asked and not spread and (limits or held != f"{median(asked):.0f}"):
-            held += f" of {median(asked):.0f}" + (f" ({', '.join(limits)})" if limits else "")
+        if asked and not spread and held != f"{median(asked):.0f}":
+            held += f" of {median(asked):.0f}"
+        if limits and not spread:
+            held += f" (limit: {', '.join(limits)})"
         def side(role):
             if f"{role}_rss" not in runs[0]:
                 return "–"
