@@ -569,7 +569,7 @@ def cells(path, runs, direct_runs, spread):
         if limits and not spread:
             held += f" (limit: {', '.join(limits)})"
         def side(role):
-            if f"{role}_rss" not in runs[0]:
+            if not any(f"{role}_rss" in r for r in runs):
                 return "–"
             return " / ".join(figure(f"{role}_{k}", lambda v: f"{v:.0f}") for k in ("rss", "threads", "fds"))
         return held, side("server"), side("client")
