@@ -1,16 +1,194 @@
 #!/usr/bin/env python3
-"""Benchmarks for ngrok-- in Swift (not run by CI; speed is checked here, never by timed tests).
+"""How fast is the tunnel? One table, measured in one run, every path against a direct connection.
 
-Measures on loopback, with release builds:
-  - bulk throughput: 1 GiB sent directly, through stage0-forwarder, and through the stage 3 tunnel;
-  - connection rate: short request/echo connections per second through the forwarder;
-  - memory and threads of the forwarder holding 1,000 open connections.
-Usage: .ci/bench  (builds release first)
+Run it with `.ci/bench` (it installs wrk, haproxy, socat and nginx-light if missing, and builds
+release first); this file is the driver. Not run by CI: speed is checked here, never by tests.
+
+What is measured. nginx is the app (GETs of a 1 KiB file, keep-alive); a small sink/source
+written here is the app for bulk transfers. Each path sits between the load and the app:
+  direct            no relay: the baseline every ratio and "added" latency is taken against
+  haproxy           one hop, C, epoll, one thread: what a production relay costs
+  socat             one hop, a process per connection
+  stage0-forwarder  one hop, stage 0's relay
+  stage 3           the tunnel: server + client, two hops (no secret: loopback only)
+When the executables accept `--relay events|threads` (found in their --help) both relays are
+measured; when stage3-client accepts `--pool N`, stage 3 is measured with the pool off and on.
+The app and the relays share one CPU; the load (wrk, and this driver) runs on the other.
+
+Columns:
+  bulk up / down      1 transfer each way (user -> app, app -> user), MB/s; (×) of direct's
+  keep-alive          `wrk -t1 -c1 --latency`: p50 / p99 of a request on an open connection;
+                      direct shows its own figures, every other path what it adds (+µs)
+  new conn            connect + GET + full response + close, one at a time (a Python client):
+                      p50 / p99, added like keep-alive (the client's own cost cancels out)
+  -c64 req/s          `wrk -t1 -c64` keep-alive GETs: requests per second, (×) of direct's
+  errors              wrk's socket errors + non-2xx responses during that run
+  CPU/req             CPU time (user + system) of every relay process during the -c64 run,
+                      divided by the requests served: µs per request, both hops together
+  peak PSS            the largest proportional set size of the relay processes, sampled
+                      every 0.1 s during the -c64 run (MiB)
+  idle users          N users connect, each sends one GET and reads the answer (so each is
+                      joined end to end), then all stay open and silent; held = how many got
+                      their answer. Then RSS (MiB) / threads / open fds of the server (the
+                      forwarder, or haproxy) and of the stage 3 client. Fewer users are asked
+                      for when the machine would run out (the table says which limit): relays
+                      with a thread per user need PIDs (`sysctl kernel.pid_max=4194304`), and
+                      every relay two descriptors per user (`ulimit -n`, raised when allowed).
+The first table gives medians over the runs; the second the spread (min–max) of the same cells.
+On a busy machine figures move by tens of percent between runs: compare rows of one table.
+nginx answers headers and body in one write (sendfile off, its default); with two writes a
+relay that leaves Nagle's algorithm on waits for a delayed ACK, 40 ms per request (socat does).
+Linux only (taskset, /proc).
 """
-import os, socket, subprocess, sys, threading, time
+import argparse
+import functools
+import os
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 
-BIN = os.path.join(os.path.dirname(__file__), "..", ".build", "release")
-GIB = 1 << 30
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BIN = os.path.join(ROOT, ".build", "release")
+MIB = 1 << 20
+REQUEST_KEEP_ALIVE = b"GET /1k HTTP/1.1\r\nHost: bench\r\n\r\n"
+REQUEST_CLOSE = b"GET /1k HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+IP_BIND_ADDRESS_NO_PORT = 24  # Linux: choose the source port at connect(), per destination
+
+
+def log(message):
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes, by PID
+
+class Processes:
+    """Every process the benchmark starts; each stopped by its PID (and its children's)."""
+
+    def __init__(self, tmp):
+        self.tmp, self.running = tmp, []
+
+    def start(self, name, argv, core):
+        logfile = open(os.path.join(self.tmp, f"{name}.log"), "ab")
+        env = {k: v for k, v in os.environ.items() if k != "TUNNEL_SECRET"}  # loopback: no secret
+        process = subprocess.Popen(["taskset", "-c", str(core)] + argv, stdin=subprocess.DEVNULL,
+                                   stdout=logfile, stderr=logfile, env=env)
+        process.name, process.logpath = name, logfile.name
+        logfile.close()
+        self.running.append(process)
+        return process
+
+    def stop(self, process):
+        family = [process.pid] + sorted(descendants([process.pid]) - {process.pid})
+        for pid in family:  # socat forks one child per connection: stop those too
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process in self.running:
+            self.running.remove(process)
+
+    def stop_all(self):
+        for process in reversed(list(self.running)):
+            self.stop(process)
+
+
+def proc_stat(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def descendants(roots):
+    """The roots and every process below them (read from /proc, one pass)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(proc_stat(entry)[1]), []).append(int(entry))
+            except (OSError, IndexError):
+                pass
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def cpu_seconds(roots):
+    """User + system CPU of the process trees. It waits (up to 3 s) until every child has
+    been reaped first: socat's children exit as their connection closes, and a child read
+    just before the parent reaps it would be counted twice, or not at all."""
+    deadline = time.monotonic() + 3
+    while descendants(roots) - set(roots) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ticks = 0
+    for pid in descendants(roots):
+        try:
+            fields = proc_stat(pid)
+            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        except (OSError, IndexError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pss_mib(roots):
+    total = 0
+    for pid in descendants(roots):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration):
+            pass
+    return total / 1024
+
+
+def footprint(pid):
+    """RSS in MiB, threads, open descriptors of one process."""
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    return (int(status["VmRSS"].split()[0]) / 1024, int(status["Threads"]),
+            len(os.listdir(f"/proc/{pid}/fd")))
+
+
+def listening(port):
+    """True once something listens on the port (read from /proc: no probe connection)."""
+    suffix = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if fields[1].endswith(suffix) and fields[3] == "0A":
+                    return True
+    return False
+
+
+def wait_until(what, predicate, process=None, deadline=15):
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if predicate():
+            return
+        if process is not None and process.poll() is not None:
+            break
+        time.sleep(0.02)
+    detail, exited = "", process is not None and process.poll() is not None
+    if process is not None:
+        with open(process.logpath, errors="replace") as f:
+            detail = " — its log ends: " + " | ".join(f.read().splitlines()[-3:])
+    raise RuntimeError(f"{what} did not happen: " + ("it exited" if exited else f"not within {deadline} s") + detail)
 
 
 def free_port():
@@ -19,128 +197,566 @@ def free_port():
         return s.getsockname()[1]
 
 
-def serve(port, handler):
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(1024)
+# ---------------------------------------------------------------- the apps
 
-    def loop():
-        while True:
-            conn, _ = listener.accept()
-            threading.Thread(target=handler, args=(conn,), daemon=True).start()
-    threading.Thread(target=loop, daemon=True).start()
-    return listener
-
-
-def sink(conn):  # reads everything, then answers with the byte count
-    total = 0
-    while chunk := conn.recv(1 << 20):
-        total += len(chunk)
-    conn.sendall(str(total).encode())
-    conn.close()
-
-
-def echo(conn):
-    while chunk := conn.recv(65536):
-        conn.sendall(chunk)
-    conn.close()
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_rlimit_nofile {nofile};
+error_log {tmp}/nginx-error.log warn;
+pid {tmp}/nginx.pid;
+events {{ worker_connections {connections}; }}
+http {{
+    access_log off;
+    sendfile off;  # nginx's default: headers and a small body leave in one write
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {tmp}/www;
+    }}
+}}
+"""
 
 
-def wait_for_port(port, deadline=10):
-    end = time.time() + deadline
-    while time.time() < end:
+def start_nginx(procs, tmp, core):
+    os.makedirs(os.path.join(tmp, "www"), exist_ok=True)
+    with open(os.path.join(tmp, "www", "1k"), "wb") as f:
+        f.write(b"x" * 1024)
+    port = free_port()
+    conf = os.path.join(tmp, "nginx.conf")
+    with open(conf, "w") as f:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        f.write(NGINX_CONF.format(tmp=tmp, port=port, nofile=nofile, connections=nofile - 64))
+    nginx = procs.start("nginx", [shutil.which("nginx"), "-p", tmp, "-e", f"{tmp}/nginx-error.log",
+                                  "-c", conf], core)
+    wait_until("nginx listening", lambda: listening(port), nginx)
+    return port
+
+
+def bulk_app(port):
+    """The bulk app (run as its own process): `U` + bytes -> answers the count; `D` + 8-byte
+    size -> sends that many bytes, then closes."""
+    listener = socket.create_server(("127.0.0.1", port), backlog=128)
+    block = memoryview(bytearray(MIB))
+
+    def serve(conn):
+        with conn:
+            kind = conn.recv(1)
+            if kind == b"U":
+                total, buffer = 0, bytearray(MIB)
+                while n := conn.recv_into(buffer):
+                    total += n
+                conn.sendall(str(total).encode())
+            elif kind == b"D":
+                size = int.from_bytes(recv_exactly(conn, 8), "big")
+                for _ in range(size // MIB):
+                    conn.sendall(block)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed early")
+        data += chunk
+    return data
+
+
+# ---------------------------------------------------------------- the paths
+
+class Path:
+    """One way from the load to an app; `start` returns the port to use and its processes."""
+
+    def __init__(self, label, kind, relay=None, pool=None, threads_per_user=0, idle=True):
+        self.label, self.kind, self.relay, self.pool = label, kind, relay, pool
+        self.threads_per_user, self.idle = threads_per_user, idle
+
+    def start(self, procs, target, core, tag):
+        name = f"{self.label}-{tag}".replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
+        relay = ["--relay", self.relay] if self.relay else []
+        if self.kind == "direct":
+            return target, []
+        port = free_port()
+        if self.kind == "haproxy":
+            conf = os.path.join(procs.tmp, f"{name}.cfg")
+            with open(conf, "w") as f:
+                maxconn = (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 64) // 2  # two fds each
+                f.write(f"global\n  nbthread 1\n  maxconn {maxconn}\n"
+                        f"defaults\n  mode tcp\n  timeout connect 5s\n"
+                        f"  timeout client 10m\n  timeout server 10m\n"
+                        f"listen relay\n  bind 127.0.0.1:{port}\n  server app 127.0.0.1:{target}\n")
+            started = [procs.start(name, ["haproxy", "-db", "-f", conf], core)]
+        elif self.kind == "socat":
+            started = [procs.start(name, ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,"
+                                          f"backlog=4096", f"TCP:127.0.0.1:{target}"], core)]
+        elif self.kind == "forwarder":
+            started = [procs.start(name, [f"{BIN}/stage0-forwarder", "--listen", f"127.0.0.1:{port}"]
+                                   + relay + [f"127.0.0.1:{target}"], core)]
+        else:  # stage 3: the server, then the client; ready once the client has registered
+            control, proxy = free_port(), free_port()
+            ports = ["--control-port", str(control), "--proxy-port", str(proxy)]
+            # Lift the user limits (1000 in all, 100 per address by default) where they exist.
+            limits = ["--max-users", "40000", "--max-users-per-address", "40000"]
+            server = procs.start(name + "-server", [f"{BIN}/stage3-server", "--public-port", str(port)]
+                                 + (limits if accepts("stage3-server", "--max-users") else []) + ports + relay, core)
+            wait_until("stage3-server listening", lambda: listening(control) and listening(port), server)
+            pool = ["--pool", str(self.pool)] if self.pool is not None else []
+            client = procs.start(name + "-client", [
+                f"{BIN}/stage3-client", f"127.0.0.1:{target}", "127.0.0.1"]
+                + (limits[:2] if accepts("stage3-client", "--max-users") else []) + ports + relay + pool, core)
+            wait_until("stage3-client registered", lambda: b"registered with" in open(client.logpath, "rb").read(),
+                       client)
+            return port, [server, client]
+        wait_until(f"{self.label} listening", lambda: listening(port), started[0])
+        return port, started
+
+
+# ---------------------------------------------------------------- the measurements
+
+def wrk(port, connections, seconds):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+                          f"http://127.0.0.1:{port}/1k"], capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
+    result = {"errors": 0}
+    units = {"us": 1, "ms": 1e3, "s": 1e6}
+    for line in out.splitlines():
+        words = line.split()
+        if words[:1] in (["50%"], ["99%"]):
+            value = words[1]
+            unit = next(u for u in ("us", "ms", "s") if value.endswith(u))
+            result["p" + words[0][:2]] = float(value[:-len(unit)]) * units[unit]
+        elif "requests in" in line:
+            result["requests"] = int(words[0])
+        elif line.startswith("Requests/sec:"):
+            result["rps"] = float(words[1])
+        elif line.strip().startswith("Socket errors:"):
+            result["errors"] += sum(int(w.strip(",")) for w in words[3::2])
+        elif line.strip().startswith("Non-2xx"):
+            result["errors"] += int(words[-1])
+    if "rps" not in result:
+        raise RuntimeError(f"wrk printed no result: {out[-300:]!r}")
+    return result
+
+
+def read_response(sock):
+    """Reads one HTTP response with a Content-Length (nginx's answer to GET /1k)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed before the response")
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    if len(body) < length:
+        recv_exactly(sock, length - len(body))
+
+
+def new_connection_latency(port, count):
+    samples, failures = [], 0
+    for _ in range(count):
+        start = time.perf_counter()
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.sendall(REQUEST_CLOSE)
+                read_response(s)
+            samples.append((time.perf_counter() - start) * 1e6)
         except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listening on {port}")
+            failures += 1
+    samples.sort()
+    return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))], failures
 
 
-def bulk(port, size=GIB):
-    block = os.urandom(1 << 20)
+def bulk_up(port, size):
+    block = memoryview(bytearray(MIB))
     start = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        for _ in range(size // len(block)):
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(b"U")
+        for _ in range(size // MIB):
             s.sendall(block)
         s.shutdown(socket.SHUT_WR)
         answer = s.recv(64)
-    elapsed = time.perf_counter() - start
-    assert int(answer) == size, answer
-    return size / elapsed / 1e6
+    if int(answer or 0) != size:
+        raise RuntimeError(f"bulk up: the app received {answer!r} bytes, not {size}")
+    return size / (time.perf_counter() - start) / 1e6
 
 
-def rate(port, count=2000):
+def bulk_down(port, size):
+    buffer, total = bytearray(MIB), 0
     start = time.perf_counter()
-    for i in range(count):
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(b"x")
-            assert s.recv(1) == b"x"
-    return count / (time.perf_counter() - start)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(b"D" + size.to_bytes(8, "big"))
+        while n := s.recv_into(buffer):
+            total += n
+    if total != size:
+        raise RuntimeError(f"bulk down: received {total} bytes, not {size}")
+    return size / (time.perf_counter() - start) / 1e6
 
 
-def proc_status(pid):
-    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
-    return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024, int(fields["Threads"])
+class PssSampler(threading.Thread):
+    def __init__(self, roots):
+        super().__init__(daemon=True)
+        self.roots, self.peak, self.done = roots, 0.0, threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.1):
+            self.peak = max(self.peak, pss_mib(self.roots))
 
 
-def cpu_seconds(pid):
-    parts = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+def hold_idle_users(port, count, batch=250):
+    """Opens `count` users in batches; each sends a GET and must get its answer. Returns the
+    open sockets that did (the caller measures, then closes them). Stops after a batch in
+    which nobody got an answer: the relay is full, and waiting on would only take time."""
+    held, selector = [], selectors.DefaultSelector()
+    for first in range(0, count, batch):
+        if first and len(held) == held_before:
+            break
+        held_before, pending = len(held), {}
+        for i in range(first, min(first + batch, count)):
+            s = socket.socket()
+            try:
+                # 10,000 users from one address to one port fit in the ephemeral range; more
+                # would not: spread them over 127.0.0.2, .3, ...
+                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                s.bind((f"127.0.0.{2 + i // 10000}", 0))
+                s.settimeout(10)
+                s.connect(("127.0.0.1", port))
+                s.sendall(REQUEST_KEEP_ALIVE)
+                s.setblocking(False)
+                pending[s] = b""
+                selector.register(s, selectors.EVENT_READ)
+            except OSError:
+                s.close()
+        deadline = time.monotonic() + 15  # the server gives up on a proxy connection after 10 s
+        while pending and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=0.5):
+                s = key.fileobj
+                try:
+                    chunk = s.recv(65536)
+                except OSError:
+                    chunk = b""
+                pending[s] += chunk
+                if not chunk or answered(pending[s]):
+                    selector.unregister(s)
+                    if chunk:
+                        held.append(s)
+                    else:
+                        s.close()
+                    del pending[s]
+        for s in pending:
+            selector.unregister(s)
+            s.close()
+    return held
+
+
+def answered(data):
+    """True once `data` holds a whole response to GET /1k (headers, then 1 KiB)."""
+    _, separator, body = data.partition(b"\r\n\r\n")
+    return bool(separator) and len(body) >= 1024
+
+
+def idle_capacity(path, wanted):
+    """How many idle users this machine can give the path, and what limits it if not `wanted`:
+    a relay with a thread per user runs out of PIDs (kernel.pid_max, keeping 4096 for
+    everyone else), and every relay process needs two descriptors per user (ulimit -n)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid_max = int(f.read())
+    with open("/proc/loadavg") as f:
+        existing = int(f.read().split()[3].split("/")[1])
+    limits = [(wanted, "")]
+    if path.threads_per_user:
+        limits.append(((pid_max - existing - 4096) // path.threads_per_user, "kernel.pid_max"))
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limits.append(((nofile - 64) // 2, "ulimit -n"))
+    users, reason = min(limits)
+    return max(0, users), reason
+
+
+def measure(path, procs, cfg, apps, core, tag, r):
+    """Every figure of one path in one run, into `r` (kept so far if a step fails)."""
+    port, started = path.start(procs, apps["nginx"], core, tag)
+    roots = [p.pid for p in started]
+    try:
+        ka = wrk(port, 1, cfg.keepalive_seconds)
+        r["ka_p50"], r["ka_p99"] = ka["p50"], ka["p99"]
+        sampler = PssSampler(roots)
+        sampler.start()
+        try:
+            before = cpu_seconds(roots)
+            load = wrk(port, 64, cfg.seconds)
+            cpu = cpu_seconds(roots) - before
+        finally:
+            sampler.done.set()
+            sampler.join()
+        r["rps"], r["errors"] = load["rps"], load["errors"]
+        if roots:
+            r["cpu_us"] = cpu / load["requests"] * 1e6
+            r["pss"] = sampler.peak
+        r["nc_p50"], r["nc_p99"], r["nc_failures"] = new_connection_latency(port, cfg.new_connections)
+        if path.idle and roots:
+            users, r["idle_limit"] = idle_capacity(path, cfg.idle_users)
+            r["idle_asked"] = users
+            sockets = hold_idle_users(port, users)
+            r["idle_held"] = len(sockets)
+            for role, process in zip(("server", "client"), started):
+                r[f"{role}_rss"], r[f"{role}_threads"], r[f"{role}_fds"] = footprint(process.pid)
+            for s in sockets:
+                s.close()
+    finally:
+        for process in started:
+            procs.stop(process)
+    # Bulk through a second instance of the path, in front of the bulk app (stage 3 serves one app).
+    port, started = path.start(procs, apps["bulk"], core, tag + "-bulk")
+    try:
+        r["up"] = bulk_up(port, cfg.bulk_mib * MIB)
+        r["down"] = bulk_down(port, cfg.bulk_mib * MIB)
+    finally:
+        for process in started:
+            procs.stop(process)
+
+
+# ---------------------------------------------------------------- the table
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def cells(path, runs, direct_runs, spread):
+    """The row of one path: medians, or (spread=True) min–max, of each figure over the runs."""
+    def figure(key, fmt, relative=None):
+        """`relative`: None for the value itself, "ratio" or "added" for it against direct's."""
+        values = []
+        for r, d in zip(runs, direct_runs):
+            if relative and path.kind != "direct":
+                if key in r and key in d:
+                    values.append(r[key] / d[key] if relative == "ratio" else r[key] - d[key])
+            elif key in r:
+                values.append(r[key])
+        if not values:
+            return "–"
+        if spread:
+            return f"{fmt(min(values))}–{fmt(max(values))}" if len(values) > 1 else "–"
+        return fmt(median(values))
+
+    def with_ratio(key, fmt):
+        absolute = figure(key, fmt)
+        if path.kind == "direct":
+            return absolute
+        return f"{absolute} ({figure(key, lambda v: f'{v:.2f}×', 'ratio')})"
+
+    def added(key):
+        if path.kind == "direct":
+            return figure(key, lambda v: f"{v:.0f}")
+        return figure(key, lambda v: f"{v:+.0f}", "added")
+
+    def idle():
+        if not path.idle or path.kind == "direct":
+            return "–", "–", "–"
+        held = figure("idle_held", lambda v: f"{v:.0f}")
+        asked = [r["idle_asked"] for r in runs if "idle_asked" in r]
+        limits = sorted({r["idle_limit"] for r in runs if r.get("idle_limit")})
+        if asked and not spread and held != f"{median(asked):.0f}":
+            held += f" of {median(asked):.0f}"
+        if limits and not spread:
+            held += f" (limit: {', '.join(limits)})"
+        def side(role):
+            if not any(f"{role}_rss" in r for r in runs):
+                return "–"
+            return " / ".join(figure(f"{role}_{k}", lambda v: f"{v:.0f}") for k in ("rss", "threads", "fds"))
+        return held, side("server"), side("client")
+
+    return [path.label,
+            with_ratio("up", lambda v: f"{v:.0f}"),
+            with_ratio("down", lambda v: f"{v:.0f}"),
+            f"{added('ka_p50')} / {added('ka_p99')}",
+            f"{added('nc_p50')} / {added('nc_p99')}",
+            with_ratio("rps", lambda v: f"{v:,.0f}"),
+            figure("errors", lambda v: f"{v:.0f}"),
+            figure("cpu_us", lambda v: f"{v:.1f}"),
+            figure("pss", lambda v: f"{v:.1f}"),
+            *idle()]
+
+
+def table(paths, results, spread):
+    header = ["path", "bulk up MB/s", "bulk down MB/s", "keep-alive p50 / p99 µs",
+              "new conn p50 / p99 µs", "-c64 req/s", "errors", "CPU/req µs", "peak PSS MiB",
+              "idle users held", "server RSS MiB / threads / fds", "client RSS MiB / threads / fds"]
+    rows = [cells(p, results[p.label], results[paths[0].label], spread) for p in paths]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+@functools.cache
+def accepts(executable, flag):
+    """Whether the executable's --help mentions the flag: the benchmark measures what exists."""
+    out = subprocess.run([f"{BIN}/{executable}", "--help"], capture_output=True, text=True, timeout=10)
+    return flag in out.stdout + out.stderr
+
+
+def choose_paths(cfg):
+    notes = []
+    paths = [Path("direct", "direct", idle=False), Path("haproxy, one hop", "haproxy"),
+             Path("socat, one hop", "socat", idle=False)]
+    if accepts("stage0-forwarder", "--relay"):
+        paths += [Path(f"stage0-forwarder ({r})", "forwarder", relay=r, threads_per_user=2 if r == "threads" else 0)
+                  for r in ("threads", "events")]
+    else:
+        paths.append(Path("stage0-forwarder", "forwarder", threads_per_user=2))
+        notes.append("stage0-forwarder has no --relay flag: its one relay (threads) was measured.")
+    three_relays = accepts("stage3-server", "--relay") and accepts("stage3-client", "--relay")
+    pools = [0, cfg.pool] if accepts("stage3-client", "--pool") else [None]
+    if pools == [None]:
+        notes.append("stage3-client has no --pool flag: no proxy pool was measured.")
+    if not three_relays:
+        notes.append("stage3-server/-client have no --relay flag: their one relay (threads) was measured.")
+    for relay in ("threads", "events") if three_relays else (None,):
+        for pool in pools:
+            words = [w for w in (relay, None if pool is None else f"pool {pool}" if pool else "no pool") if w]
+            label = "stage 3, two hops" + (f" ({', '.join(words)})" if words else "")
+            paths.append(Path(label, "stage3", relay=relay, pool=pool,
+                              threads_per_user=0 if relay == "events" else 4))
+    if cfg.only:
+        paths = [paths[0]] + [p for p in paths[1:] if cfg.only in p.label]
+    return paths, notes
+
+
+def raise_descriptor_limit():
+    """10,000 idle users need 20,000+ descriptors in each relay process: raise the limit as far
+    as allowed (the hard limit needs CAP_SYS_RESOURCE, which a container may not give)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with open("/proc/sys/fs/nr_open") as f:
+        wanted = max(hard, int(f.read()))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+    except (OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def report(cfg, paths, results, notes, minutes, cores):
+    with open("/proc/loadavg") as f:
+        load_average = f.read().split()[0]
+    print(f"\n{cfg.runs} run(s) in {minutes:.1f} min on Linux {os.uname().release} (load average {load_average} "
+          f"at the end); nginx + relays on CPU {cores[0]}, load on CPU {cores[-1]}; wrk -c64 {cfg.seconds} s, "
+          f"keep-alive {cfg.keepalive_seconds} s, {cfg.new_connections} new connections, "
+          f"bulk {cfg.bulk_mib} MiB each way, {cfg.idle_users} idle users.")
+    print("Medians. Bulk and req/s: value (× direct). Latency: direct's own, others' added (+µs).\n")
+    print(table(paths, results, spread=False))
+    if cfg.runs > 1:
+        print("\nSpread over the runs (min–max of the same figures; ratios and added latency per run):\n")
+        print(table(paths, results, spread=True))
+    if notes:
+        print()
+    for note in notes:
+        print(f"- {note}")
+
+
+def positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return int(text)
 
 
 def main():
-    procs = []
+    parser = argparse.ArgumentParser(prog=".ci/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 1 run, 1-2 s loads, 128 MiB bulk, 300 new connections, 1000 idle users")
+    parser.add_argument("--runs", type=positive, help="runs of every path; medians are taken over them (default 3)")
+    parser.add_argument("--seconds", type=positive, help="duration of the wrk -c64 load (default 10)")
+    parser.add_argument("--keepalive-seconds", type=positive, help="duration of the wrk -c1 latency run (default 5)")
+    parser.add_argument("--new-connections", type=positive, help="connections for new-connection latency (default 2000)")
+    parser.add_argument("--bulk-mib", type=positive, help="bulk transfer size each way, MiB (default 1024)")
+    parser.add_argument("--idle-users", type=positive, help="concurrent idle users to hold (default 10000)")
+    parser.add_argument("--pool", type=positive, default=4, help="pool size when stage3-client has --pool (default 4)")
+    parser.add_argument("--only", help="measure only the paths whose label contains this (direct always)")
+    parser.add_argument("--bin", help="where the executables are (default .build/release, built by .ci/bench)")
+    parser.add_argument("--bulk-app", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--check-arguments", action="store_true", help=argparse.SUPPRESS)
+    cfg = parser.parse_args()
+    if cfg.check_arguments:  # .ci/bench asks before it installs and builds
+        return 0
+    if cfg.bulk_app:
+        return bulk_app(cfg.bulk_app)
+    if cfg.bin:
+        global BIN
+        BIN = os.path.abspath(cfg.bin)
+    defaults = dict(runs=3, seconds=10, keepalive_seconds=5, new_connections=2000, bulk_mib=1024, idle_users=10000)
+    if cfg.quick:
+        defaults = dict(runs=1, seconds=2, keepalive_seconds=1, new_connections=300, bulk_mib=128, idle_users=1000)
+    for key, value in defaults.items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
+
+    for tool in ("wrk", "haproxy", "socat", "nginx", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} not found: run .ci/bench, which installs it (apt-get install wrk haproxy socat nginx-light)")
+    for executable in ("stage0-forwarder", "stage3-server", "stage3-client"):
+        if not os.access(f"{BIN}/{executable}", os.X_OK):
+            sys.exit(f"bench: {BIN}/{executable} missing: run .ci/bench, which builds release first")
+
+    cores = sorted(os.sched_getaffinity(0))
+    app_core, load_core = cores[0], cores[-1]
+    if len(cores) < 2:
+        log("only one CPU: the load and the relays share it, so the figures mean little")
+    os.sched_setaffinity(0, {load_core})  # this driver is load; wrk inherits it
+    nofile = raise_descriptor_limit()
+    if nofile < 2 * cfg.idle_users + 64:
+        log(f"ulimit -n is {nofile} and cannot be raised here: fewer idle users than {cfg.idle_users}")
+
+    paths, notes = choose_paths(cfg)
+    # Ctrl-C and kill both end in the cleanup below (SIGINT is ignored in background jobs
+    # unless a handler is set).
+    def interrupted(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    tmp = tempfile.mkdtemp(prefix="ngrok-bench-")
+    procs = Processes(tmp)
+    started_at = time.monotonic()
     try:
-        sink_port, echo_port = free_port(), free_port()
-        serve(sink_port, sink)
-        serve(echo_port, echo)
-
-        fwd_sink, fwd_echo = free_port(), free_port()
-        procs.append(subprocess.Popen([f"{BIN}/stage0-forwarder", "--listen", f"127.0.0.1:{fwd_sink}",
-                                       f"127.0.0.1:{sink_port}"], stderr=subprocess.DEVNULL))
-        forwarder = subprocess.Popen([f"{BIN}/stage0-forwarder", "--listen", f"127.0.0.1:{fwd_echo}",
-                                      f"127.0.0.1:{echo_port}"], stderr=subprocess.DEVNULL)
-        procs.append(forwarder)
-        control, public, proxy = free_port(), free_port(), free_port()
-        ports = ["--control-port", str(control), "--proxy-port", str(proxy)]
-        server = subprocess.Popen([f"{BIN}/stage3-server", "--public-port", str(public)] + ports, stderr=subprocess.DEVNULL)
-        procs.append(server)
-        wait_for_port(control)
-        client = subprocess.Popen([f"{BIN}/stage3-client", f"127.0.0.1:{sink_port}"] + ports, stderr=subprocess.DEVNULL)
-        procs.append(client)
-        for port in (fwd_sink, fwd_echo):
-            wait_for_port(port)
-        time.sleep(0.5)  # let the client register (a benchmark, not a test)
-
-        print("bulk 1 GiB, MB/s (best of 3):")
-        print(f"  direct            {max(bulk(sink_port) for _ in range(3)):8.0f}")
-        before = cpu_seconds(procs[0].pid)
-        print(f"  stage0-forwarder  {max(bulk(fwd_sink) for _ in range(3)):8.0f}"
-              f"   (forwarder CPU {(cpu_seconds(procs[0].pid) - before) / 3:.2f} s/GiB)")
-        before = cpu_seconds(server.pid) + cpu_seconds(client.pid)
-        print(f"  stage 3 tunnel    {max(bulk(public) for _ in range(3)):8.0f}"
-              f"   (server+client CPU {(cpu_seconds(server.pid) + cpu_seconds(client.pid) - before) / 3:.2f} s/GiB)")
-
-        print(f"connections/s through the forwarder: {rate(fwd_echo):.0f} (direct: {rate(echo_port):.0f})")
-
-        held = [socket.create_connection(("127.0.0.1", fwd_echo)) for _ in range(1000)]
-        for s in held:
-            s.sendall(b"y")
-        for s in held:
-            assert s.recv(1) == b"y"
-        rss, peak, threads = proc_status(forwarder.pid)
-        print(f"forwarder holding 1000 connections: RSS {rss} MiB, peak {peak} MiB, {threads} threads")
-        for s in held:
-            s.close()
-        time.sleep(1)
-        rss, peak, threads = proc_status(forwarder.pid)
-        print(f"after closing them: RSS {rss} MiB, {threads} threads")
+        apps = {"nginx": start_nginx(procs, tmp, app_core), "bulk": free_port()}
+        bulk = procs.start("bulk-app", [sys.executable, os.path.abspath(__file__), "--bulk-app", str(apps["bulk"])],
+                           app_core)
+        wait_until("the bulk app listening", lambda: listening(apps["bulk"]), bulk)
+        results = {p.label: [] for p in paths}
+        for run in range(cfg.runs):
+            for path in paths:
+                log(f"run {run + 1}/{cfg.runs}: {path.label}")
+                r = {}
+                results[path.label].append(r)
+                try:
+                    measure(path, procs, cfg, apps, app_core, f"run{run + 1}", r)
+                except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+                    log(f"{path.label} failed: {error}")
+                    notes.append(f"{path.label}, run {run + 1}: failed ({error}); figures after it are missing")
+                if r.get("nc_failures"):
+                    notes.append(f"{path.label}, run {run + 1}: {r['nc_failures']} new connections failed")
+        minutes = (time.monotonic() - started_at) / 60
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        return 130
+    except (OSError, RuntimeError) as error:  # an app would not start: nothing to measure against
+        log(f"cannot run: {error}")
+        return 1
     finally:
-        for p in procs:
-            p.terminate()
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    report(cfg, paths, results, notes, minutes, cores)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

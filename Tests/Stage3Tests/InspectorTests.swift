@@ -58,6 +58,24 @@ struct InspectorTests {
                 "the page's log lines are the log's lines")
     }
 
+    @Test("step 1 on the page: connected, authenticated, registered, and the heartbeats as they tick")
+    func controlStates() throws {
+        let inspector = try Inspector(title: "test", on: anyLoopbackPort)
+        defer { inspector.stop() }
+        let client = Endpoint(host: "127.0.0.1", port: 5001)
+        func control() throws -> [String: Any] { try #require(try inspector.state()["control"] as? [String: Any]) }
+        inspector.record(TunnelServerEvent.controlOpened(client: client))
+        #expect(try control()["status"] as? String == "connected")
+        inspector.record(TunnelServerEvent.controlAdmitted(client: client))
+        #expect(try control()["status"] as? String == "authenticated")
+        inspector.record(TunnelServerEvent.registered(client: client))
+        for _ in 0..<3 { inspector.record(TunnelServerEvent.heartbeat(client: client)) }
+        let registered = try control()
+        #expect(registered["status"] as? String == "registered")
+        #expect(registered["heartbeats"] as? Int == 3)
+        #expect(registered["lastHeartbeatMs"] is Int)
+    }
+
     @Test("the state keeps only the last users: a server that runs for weeks does not grow")
     func boundedUsers() throws {
         var limits = Inspector.Limits()

@@ -148,7 +148,7 @@ public final class TunnelServer: Sendable {
         case nil:
             return
         case .admitted:
-            break
+            events(.controlAdmitted(client: peer))
         case .refused(let reason):
             try? channel.send(.closing(reason))
             return events(.controlRefused(client: peer, reason: reason))
@@ -161,7 +161,9 @@ public final class TunnelServer: Sendable {
             while let line = try reader.readLine(deadline: .now + heartbeatTimeout) {
                 do {
                     switch try ClientMessage(line: line) {
-                    case .ping: try channel.send(.pong)
+                    case .ping:
+                        try channel.send(.pong)
+                        events(.heartbeat(client: peer))
                     case .register: try register(channel)
                     case .pool(let size):
                         for id in channel.pool.resize(to: size) { try channel.send(.fillPool(id)) }

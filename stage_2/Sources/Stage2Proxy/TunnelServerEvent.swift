@@ -9,6 +9,10 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
     /// A new connection to `port` was closed at once: the server is at `limit`.
     case overLimit(peer: Endpoint, port: Endpoint, limit: String)
     case controlOpened(client: Endpoint)
+    /// The `admit` check let the client in (stage 3: its secret was right).
+    case controlAdmitted(client: Endpoint)
+    /// A `ping` answered with `pong`: the client is alive (stage 1's heartbeat).
+    case heartbeat(client: Endpoint)
     case registered(client: Endpoint)
     case replaced(old: Endpoint, new: Endpoint)
     case controlRejected(client: Endpoint, reason: String)
@@ -27,6 +31,10 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
     case proxyRejected(proxy: Endpoint, reason: String)
     case userFinished(user: Endpoint, sent: Int, received: Int, error: String?)
 
+    /// True for the heartbeat, which comes every few seconds: the live view shows it, the
+    /// executables leave it out of their log, where it would bury everything else.
+    public var isHeartbeat: Bool { if case .heartbeat = self { true } else { false } }
+
     /// Whom the event is about, for the log's rate limit (Tool.log): the peer's address, so no
     /// stranger can flood the log; the port, for failures every stranger can cause at once.
     /// Nil for the one line that only the operator causes.
@@ -35,7 +43,8 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
         case .listening: nil
         case .acceptFailed(let endpoint, _): "port \(endpoint.port)"
         case let .overLimit(peer, _, _): peer.host
-        case .controlOpened(let client), .registered(let client): client.host
+        case .controlOpened(let client), .controlAdmitted(let client), .heartbeat(let client), .registered(let client):
+            client.host
         case .replaced(_, let new): new.host
         case let .controlRejected(client, _), let .controlRefused(client, _): client.host
         case let .controlClosed(client, _, _, _): client.host
@@ -57,6 +66,10 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
             "connection from \(peer) to \(port) closed at once: \(limit)"
         case .controlOpened(let client):
             "[1] control connection opened by \(client)"
+        case .controlAdmitted(let client):
+            "[1] control connection from \(client) admitted"
+        case .heartbeat(let client):
+            "[1] ping from client \(client), answered pong"
         case .registered(let client):
             "[1] client \(client) registered: users will be sent to it"
         case let .replaced(old, new):

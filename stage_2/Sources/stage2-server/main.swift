@@ -34,7 +34,7 @@ let listeners = tool.listen { try flags.bind() }
 let stop = StopSignal()
 stop.stopOnInterrupt { tool.logStopping() }
 do {
-    try flags.server { tool.log($0.description, from: $0.logSource) }.run(listeners, stop: stop)
+    try flags.server { if !$0.isHeartbeat { tool.log($0.description, from: $0.logSource) } }.run(listeners, stop: stop)
 } catch {
     tool.fail("\(error)")
 }

@@ -123,6 +123,7 @@ function drawControl(c) {
   if (c.server) parts.push("server " + c.server);
   if (c.registrations > 1) parts.push("registered " + c.registrations + " times (reconnected)");
   if (c.retry > 0) parts.push("retry " + c.retry);
+  if (c.heartbeats > 0) parts.push("heartbeats " + c.heartbeats);
   if (c.detail) parts.push(c.detail);
   $("control-detail").textContent = parts.length ? "— " + parts.join(" · ") : "";
   $("step1").classList.toggle("up", c.status === "registered");

@@ -34,7 +34,8 @@ struct Endpoints: Codable, Sendable {
 /// Step 1: the control connection. The server knows the client's address, the client knows
 /// the server's; the demo knows both.
 struct ControlState: Codable, Sendable {
-    /// "waiting", "connected", "registered", "lost", "unreachable", "reconnecting", "refused".
+    /// "waiting", "connected", "authenticated", "registered", "lost", "unreachable", "reconnecting",
+    /// "refused".
     var status = "waiting"
     var client: String?
     var server: String?
@@ -44,6 +45,9 @@ struct ControlState: Codable, Sendable {
     var retry = 0
     /// How many times a client has registered: more than 1 means it reconnected.
     var registrations = 0
+    /// Heartbeats seen (a ping answered, or a pong received), and when the last one was.
+    var heartbeats = 0
+    var lastHeartbeatMs: Int?
     var sinceMs = 0
 }
 
@@ -89,6 +93,12 @@ extension LiveState {
             endpoints.proxy = "\(proxy)"
         case .controlOpened(let client):
             setControl("connected", client: client, nowMs: nowMs)
+        case .controlAdmitted(let client):
+            setControl("authenticated", client: client, nowMs: nowMs)
+        case .heartbeat:
+            beat(nowMs: nowMs)
+        case let .pooledProxy(user, _):
+            return reach(user, step: 5)  // a pooled proxy connection: steps 3 and 4 were done ahead
         case .registered(let client):
             setControl("registered", client: client, nowMs: nowMs)
         case .replaced(_, let new):
@@ -127,6 +137,10 @@ extension LiveState {
             setControl("registered", server: server, nowMs: nowMs)
             endpoints.app = "\(app)"
             control.retry = 0
+        case .heartbeat:
+            beat(nowMs: nowMs)
+        case .pooledUserArrived(let user, _):
+            return arrive(user, step: 4, nowMs: nowMs)  // on a pooled proxy connection: 3 and 4 done ahead
         case let .controlLost(server, reason):
             setControl("lost", server: server, detail: reason, nowMs: nowMs)
         case let .cannotReachServer(server, error):
@@ -167,6 +181,11 @@ extension LiveState {
         if let server { control.server = "\(server)" }
         control.detail = detail
         control.sinceMs = nowMs
+    }
+
+    private mutating func beat(nowMs: Int) {
+        control.heartbeats += 1
+        control.lastHeartbeatMs = nowMs
     }
 
     /// The row of the latest user from `user`'s address, if it is still shown.

@@ -93,7 +93,7 @@ public final class TunnelClient: Sendable {
         try control.write(settings.secret.authLine + ClientMessage.register.encoded)
         let ending = try runClientHeartbeat(LineReader(control), heartbeat: settings.heartbeat) { line in
             switch try ServerMessage(line: line) {
-            case .pong: break
+            case .pong: events(.heartbeat(server: control.peer))
             case .registered:
                 registered()
                 events(.registered(server: control.peer, localApp: settings.localApp))
@@ -236,6 +236,8 @@ public final class TunnelClient: Sendable {
 public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     case connected(server: Endpoint, local: Endpoint)
     case registered(server: Endpoint, localApp: Endpoint)
+    /// The server answered a `ping`: it is alive (stage 1's heartbeat).
+    case heartbeat(server: Endpoint)
     case controlLost(server: Endpoint, reason: String)
     case cannotReachServer(server: Endpoint, error: String)
     case retrying(after: Duration, attempt: Int)
@@ -249,11 +251,15 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     case appUnreachable(user: Endpoint, app: Endpoint, error: String)
     case userFinished(user: Endpoint, sent: Int, received: Int, error: String?)
 
+    /// True for the heartbeat, which comes every few seconds: the live view shows it, the
+    /// executable leaves it out of its log, where it would bury everything else.
+    public var isHeartbeat: Bool { if case .heartbeat = self { true } else { false } }
+
     /// Whom the event is about, for the log's rate limit (Tool.log): the user's address, so a
     /// flood of users cannot flood the client's log either. Nil for the client's own events.
     public var logSource: String? {
         switch self {
-        case .connected, .registered, .controlLost, .cannotReachServer, .retrying, .serverError: nil
+        case .connected, .registered, .heartbeat, .controlLost, .cannotReachServer, .retrying, .serverError: nil
         case let .userArrived(user, _), let .userTurnedDown(user, _), let .proxyOpened(user, _),
             let .proxyFailed(user, _), let .appConnected(user, _), let .appUnreachable(user, _, _),
             let .pooledUserArrived(user, _),
@@ -268,6 +274,8 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
             "[1] control connection open to server \(server) (from \(local)); authenticating and registering"
         case let .registered(server, app):
             "[1] registered with server \(server): its users will reach \(app)"
+        case .heartbeat(let server):
+            "[1] pong from server \(server)"
         case let .controlLost(server, reason):
             "[1] control connection to \(server) lost: \(reason)"
         case let .cannotReachServer(server, error):

@@ -56,7 +56,7 @@ if let inspector { tool.log("live view: open \(inspector.url) in a browser") }
 let stop = StopSignal()
 stop.stopOnInterrupt { tool.logStopping() }
 let server = flags.server(admit: GuessLimit().guarding(secret.check(timeout: flags.proxyTimeout))) {
-    tool.log($0.description, from: $0.logSource)
+    if !$0.isHeartbeat { tool.log($0.description, from: $0.logSource) }
     inspector?.record($0)
 }
 do {
