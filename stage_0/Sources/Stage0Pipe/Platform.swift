@@ -29,6 +29,10 @@
     func systemAccept(_ fd: Int32) -> Int32 { Glibc.accept(fd, nil, nil) }
     /// The directory that lists this process's open file descriptors.
     public let openDescriptorsDirectory = "/proc/self/fd"
+    /// Once a Dispatch signal source is registered, stops the signal's default action (ending
+    /// the process). Linux's Dispatch installs a handler of its own as it registers the source:
+    /// nothing to do, and `SIG_IGN` now would replace that handler and lose every signal.
+    func leaveSignalToDispatch(_ number: Int32) {}
     /// `pthread_create(3)` of a thread that runs `runThreadStart(context)`; returns 0 or an errno.
     /// (The start function's argument is optional on Glibc, not on Darwin.)
     func createDetachedThread(_ attributes: inout pthread_attr_t, _ context: UnsafeMutableRawPointer) -> Int32 {
@@ -57,6 +61,8 @@
     /// `accept(2)`; named here for the same reason as `close`.
     func systemAccept(_ fd: Int32) -> Int32 { Darwin.accept(fd, nil, nil) }
     public let openDescriptorsDirectory = "/dev/fd"
+    /// macOS's kqueue sees a signal even when it is ignored, and does not stop its default action.
+    func leaveSignalToDispatch(_ number: Int32) { _ = signal(number, SIG_IGN) }
     func createDetachedThread(_ attributes: inout pthread_attr_t, _ context: UnsafeMutableRawPointer) -> Int32 {
         var thread: pthread_t? = nil
         return pthread_create(&thread, &attributes, { runThreadStart($0); return nil }, context)

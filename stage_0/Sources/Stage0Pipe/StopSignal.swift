@@ -40,7 +40,6 @@ public final class StopSignal: Sendable {
     /// almost nothing is safe to do inside a C signal handler.
     public func stopOnInterrupt(then: @escaping @Sendable () -> Void = {}) {
         for number in [SIGINT, SIGTERM] {
-            signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number)
             // The handler holds on to its own source, so the source lives as long as the process.
             source.setEventHandler { [self] in
@@ -48,6 +47,10 @@ public final class StopSignal: Sendable {
                 then()  // first, so its last words are written before the process can exit
                 stop()
             }
+            // Dispatch registers the source a moment after `resume()`. Until then the signal
+            // keeps its default action: Ctrl-C ends the process at once, which is what it asks
+            // for. Ignoring the signal any earlier would lose one sent in between.
+            source.setRegistrationHandler { leaveSignalToDispatch(number) }
             source.resume()
         }
     }
