@@ -3,6 +3,7 @@
 // connections, `a` and `b`, and plays both outer ends itself: the user's (`client`, connected
 // to `a`) and the app's (`app`, connected to `b`).
 
+import Dispatch
 import Stage0Pipe
 import TestSupport
 import Testing
@@ -231,5 +232,38 @@ struct RelayTests {
         #expect(endsWithReset(app))
         #expect(results.wait(for: 1) { ($0.error as? JoinCut) == .aborted("before the start") })
         #expect(maker.relaySocketsOpen == 0)
+    }
+
+    @Test("TCP urgent data does not stall a pair: what follows the urgent byte still arrives", arguments: Relay.allCases)
+    func urgentData(relay: Relay) throws {
+        // A read stops at TCP's urgent mark with data behind it; a relay that took that short
+        // read for "drained" would wait for a wake-up that never comes (telnet and FTP send these).
+        let maker = try PairMaker()
+        let (client, a, b, app) = try maker.make()
+        defer { client.close(); app.close() }
+        _ = try relay.start(a, b, timeouts: .none, results: EventRecorder<JoinResult>())
+        var urgent: UInt8 = UInt8(ascii: "!")
+        try client.write(String(repeating: "a", count: 10))
+        #expect(send(client.fd, &urgent, 1, Int32(MSG_OOB)) == 1)
+        try client.write(String(repeating: "b", count: 10))
+        // The urgent byte itself is out of band and is not relayed; the bytes around it are.
+        #expect(try app.read(exactly: 20) == Array((String(repeating: "a", count: 10) + String(repeating: "b", count: 10)).utf8))
+    }
+
+    @Test("an event relay pair's result waits for a caller's slow handler; the relaying does not")
+    func slowResultHandler() throws {
+        let maker = try PairMaker()
+        let gate = DispatchSemaphore(value: 0)
+        defer { gate.signal() }
+        let first = try maker.make()
+        _ = try EventRelay.shared.start(first.a, first.b) { _ in gate.wait() }  // a handler that blocks
+        first.client.close()
+        first.app.close()
+        // The first pair has ended and its handler is stuck; a second pair still relays.
+        let (client, a, b, app) = try maker.make()
+        defer { client.close(); app.close() }
+        _ = try EventRelay.shared.start(a, b) { _ in }
+        try client.write("still relaying")
+        #expect(try app.read(exactly: 14) == Array("still relaying".utf8))
     }
 }

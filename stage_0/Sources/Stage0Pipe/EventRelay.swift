@@ -57,8 +57,9 @@ public final class EventRelay: Sendable {
     /// Joins `a` and `b` on the loop thread and returns at once; `then` gets the result when
     /// both directions have ended and both connections are closed. From now on the relay owns
     /// both connections (it makes them non-blocking): do not read, write or close them.
-    /// `then` runs on the loop thread, which serves every pair: keep it short (log a line,
-    /// drop an entry from a table), never block in it.
+    /// `then` runs on a serial queue of the relay's, one result after another, never on the
+    /// loop thread: if it blocks (a log written to a terminal someone paused), results wait,
+    /// the relaying does not.
     @discardableResult
     public func start(
         _ a: Connection, _ b: Connection, timeouts: JoinTimeouts = .none,
@@ -92,7 +93,7 @@ public final class RelayedPair: Sendable {
         self.pair = pair
     }
 
-    /// Starts relaying (once); `then` gets the result, on the loop thread (see `EventRelay.start`).
+    /// Starts relaying (once); `then` gets the result, on the relay's results queue (see `EventRelay.start`).
     public func start(then: @escaping @Sendable (JoinResult) -> Void) {
         relay.send(.start(pair, then))
     }
@@ -137,7 +138,7 @@ public enum RelayChoice: String, Sendable, CaseIterable {
     /// Joins `a` and `b` with this relay. `track` gets the pair, to abort it from another
     /// thread, before any byte moves; `then` gets it again with the result, once both
     /// connections are closed. With threads, this blocks until then; with events, it returns
-    /// at once and `then` runs on the loop thread (keep it short).
+    /// at once and `then` runs later on the relay's results queue.
     public func join(
         _ a: Connection, _ b: Connection, timeouts: JoinTimeouts,
         track: (any AbortableJoin) -> Void, then: @escaping @Sendable (any AbortableJoin, JoinResult) -> Void
@@ -221,6 +222,11 @@ private final class Direction {
     var done = false
     /// Since when `sink` has taken nothing of a pending write (for the stall timeout).
     var blockedSince: ContinuousClock.Instant?
+    /// The last `pump` stopped at its turn's end with more to move: it needs another turn.
+    var hasMore = false
+    /// Reads one direction may make in one turn. A bulk transfer would otherwise keep the
+    /// loop to itself for as long as both its peers keep up, and every other pair would wait.
+    static let readsPerTurn = 4
 
     init(from source: Side, to sink: Side) {
         self.source = source
@@ -233,10 +239,13 @@ private final class Direction {
         buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     }
 
-    /// Moves bytes until `source` has nothing more or `sink` takes nothing more.
-    /// Returns true if any byte moved; throws the error that ends the pair.
+    /// Moves bytes until `source` has nothing more, `sink` takes nothing more, or this turn's
+    /// reads are used up (then `hasMore`). Returns true if any byte moved; throws the error
+    /// that ends the pair.
     func pump() throws -> Bool {
         var moved = false
+        var reads = 0
+        hasMore = false
         while !done {
             if start < end {
                 guard sink.writable else { break }
@@ -261,6 +270,11 @@ private final class Direction {
                 break
             }
             guard source.readable else { break }
+            guard reads < Direction.readsPerTurn else {
+                hasMore = true
+                break
+            }
+            reads += 1
             let count = recv(source.connection.fd, buffer.baseAddress, buffer.count, 0)
             if count < 0 {
                 if errno == EAGAIN || errno == EWOULDBLOCK {
@@ -276,10 +290,8 @@ private final class Direction {
             }
             (start, end) = (0, count)
             moved = true
-            // A short read of a stream socket means it is drained: no need for a read that
-            // only says EAGAIN. Not after the peer finished, though: its end of stream is a
-            // read of 0 that no new wake-up would announce.
-            if count < buffer.count && !source.peerDone { source.readable = false }
+            // Only EAGAIN says the socket is drained. A short read does not: a read stops at
+            // TCP's urgent mark with more data behind it, and no new wake-up would come for that.
         }
         return moved
     }
@@ -302,6 +314,8 @@ private final class RelayPair: @unchecked Sendable {
     /// Where the pair is in `RelayLoop.pairs`; -1 before it is registered.
     var slot = -1
     var finished = false
+    /// In `RelayLoop.again`, waiting for another turn.
+    var queued = false
     /// An abort that came before the start: the pair ends as soon as it starts.
     var abortedBeforeStart: String?
     /// When a byte last moved either way (kept only with an idle timeout).
@@ -357,6 +371,12 @@ private final class RelayLoop: @unchecked Sendable {
     var retiredSlots: [Int] = []
     /// When to look at the pairs' timeouts next (nil: no pair has one).
     var nextCheck: ContinuousClock.Instant?
+    /// Pairs that used up their turn with more to move: served again after the next look at
+    /// the other sockets (a wait that does not sleep), so that every pair gets its turn.
+    var again: [RelayPair] = []
+    /// Where results go: one serial queue, so that whatever a caller does with a result (log a
+    /// line to a terminal someone paused, say) can hold up other results, never the relaying.
+    let results = DispatchQueue(label: "event relay results")
     static let wakeToken = UInt64.max
 
     init() throws {
@@ -386,7 +406,7 @@ private final class RelayLoop: @unchecked Sendable {
         while true {
             let count: Int
             do {
-                count = try poll.wait(milliseconds: millisecondsToNextCheck())
+                count = try poll.wait(milliseconds: again.isEmpty ? millisecondsToNextCheck() : 0)
             } catch {
                 fatalError("event relay: \(error)")  // EBADF/EINVAL: a bug in this file, not a condition
             }
@@ -405,6 +425,12 @@ private final class RelayLoop: @unchecked Sendable {
                 side.writable = side.writable || event.writable
                 side.peerDone = side.peerDone || event.peerDone
                 pump(pair)
+            }
+            let turn = again
+            again.removeAll(keepingCapacity: true)
+            for pair in turn {
+                pair.queued = false
+                if !pair.finished { pump(pair) }
             }
             freeSlots += retiredSlots
             retiredSlots.removeAll(keepingCapacity: true)
@@ -454,6 +480,10 @@ private final class RelayLoop: @unchecked Sendable {
                 finish(pair, error: nil)
                 return
             }
+            if (pair.forward.hasMore || pair.backward.hasMore) && !pair.queued {
+                pair.queued = true
+                again.append(pair)
+            }
             guard pair.hasTimeouts else { return }
             let now = ContinuousClock.now
             if movedForward || movedBackward { pair.lastActivity = now }
@@ -491,7 +521,8 @@ private final class RelayLoop: @unchecked Sendable {
         pair.backward.releaseBuffer()
         let then = pair.then
         pair.then = nil
-        then?(JoinResult(forward: pair.forward.bytes, backward: pair.backward.bytes, error: error))
+        let result = JoinResult(forward: pair.forward.bytes, backward: pair.backward.bytes, error: error)
+        if let then { results.async { then(result) } }
     }
 
     private func checkBy(_ deadline: ContinuousClock.Instant) {
