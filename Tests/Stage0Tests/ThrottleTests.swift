@@ -17,6 +17,17 @@ struct ThrottleTests {
         #expect(buckets.take("flooder", now: start + .milliseconds(500)), "2 a second: one token after half a second")
     }
 
+    @Test("an IPv6 /64 is one address for the limits: one machine has billions of them")
+    func addressKeys() {
+        #expect(addressKey("2001:db8:1:2:aaaa::1") == addressKey("2001:db8:1:2:bbbb:cccc:dddd:2"))
+        #expect(addressKey("2001:db8:1:2::1") != addressKey("2001:db8:1:3::1"))
+        #expect(addressKey("::ffff:192.0.2.1") == "192.0.2.1")
+        #expect(addressKey("192.0.2.1") == "192.0.2.1" && addressKey("port 60624") == "port 60624")
+        let buckets = TokenBuckets(burst: 1, perSecond: 0.01)
+        #expect(buckets.take("2001:db8:1:2::1", now: start))
+        #expect(!buckets.take("2001:db8:1:2::99", now: start), "the same /64: the same bucket")
+    }
+
     @Test("a flood of log lines from one source: a burst is printed, the rest is counted and summed up once")
     func logThrottle() {
         let throttle = LogThrottle(burst: 3, perSecond: 1)

@@ -109,3 +109,18 @@ struct SocketAddress {
         }
     }
 }
+
+/// What per-address limits count by: an IPv4 address as it is, an IPv6 address by its first
+/// 64 bits. Every home line and every VPS gets a whole IPv6 /64, billions of addresses, so
+/// counting whole IPv6 addresses would let one machine pass for billions. Anything else (a
+/// name, a label) is its own key.
+public func addressKey(_ host: String) -> String {
+    var address = in6_addr()
+    guard host.contains(":"), inet_pton(AF_INET6, host, &address) == 1 else { return host }
+    let bytes = withUnsafeBytes(of: &address) { Array($0) }
+    if bytes[..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xff && bytes[11] == 0xff {
+        return bytes[12...].map(String.init).joined(separator: ".")  // ::ffff:a.b.c.d is IPv4
+    }
+    let groups = stride(from: 0, to: 8, by: 2).map { String(UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]), radix: 16) }
+    return groups.joined(separator: ":") + "::/64"
+}

@@ -41,7 +41,8 @@ public final class TokenBuckets: Sendable {
     }
 
     private func withBucket(_ key: String, now: ContinuousClock.Instant, _ body: (inout Double) -> Bool) -> Bool {
-        buckets.withLock { buckets in
+        let key = addressKey(key)  // an IPv6 /64 shares one bucket
+        return buckets.withLock { buckets in
             if buckets[key] == nil && buckets.count >= maxKeys {
                 buckets = buckets.filter { refilled($0.value, now) < burst }
             }

@@ -47,9 +47,11 @@ final class ConnectionBudget: Sendable {
         self.perAddress = perAddress
     }
 
-    /// Counts one more connection from `host`, or says which limit it is over (and counts nothing).
+    /// Counts one more connection from `host` (by `addressKey`: an IPv6 /64 counts as one
+    /// address), or says which limit it is over (and counts nothing).
     func take(_ host: String) -> String? {
-        counts.withLock { counts in
+        let host = addressKey(host)
+        return counts.withLock { counts in
             if counts.total >= total.limit {
                 return "already \(total.limit) \(what) (\(total.flag))"
             }
@@ -64,6 +66,7 @@ final class ConnectionBudget: Sendable {
 
     /// Counts one connection from `host` less (one that `take` counted).
     func give(_ host: String) {
+        let host = addressKey(host)
         counts.withLock { counts in
             counts.total -= 1
             counts.byAddress[host, default: 1] -= 1
