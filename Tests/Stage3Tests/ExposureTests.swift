@@ -111,28 +111,52 @@ struct ExposureTests {
         #expect(try first.read(exactly: 10) == Array("still here".utf8))
     }
 
-    @Test("silent connections to the control port fill only their own address's room; the client keeps working")
+    @Test("strangers who fill the control port's room do not keep the client from working, or from coming back",
+          .enabled(if: secondLoopbackAddressWorks, "needs 127.0.0.2, which Linux has and macOS does not by default"))
     func pendingLimit() throws {
         let echo = try echoServer()
         defer { echo.stop() }
         var limits = ServerLimits()
+        limits.maxPending = 2  // in all: strangers can fill it
         limits.maxPendingPerAddress = 2
         let (server, client) = try startTunnel(app: echo.endpoint, limits: limits)
         defer { client.stop(); server.stop() }
 
-        let silent = try (0..<2).map { _ in try Connection.connect(to: server.control) }
+        // A stranger on another address (127.0.0.2), so not in the client's own room.
+        let silent = try (0..<2).map { _ in try Connection.connect(to: server.control, from: secondLoopbackAddress) }
         defer { for connection in silent { connection.close() } }
         #expect(server.events.wait(for: 3) { if case .controlOpened = $0 { true } else { false } })  // client + 2
-        let over = try Connection.connect(to: server.control)
+        let over = try Connection.connect(to: server.control, from: secondLoopbackAddress)
         defer { over.close() }
         #expect(closedWithoutAWord(over))
         #expect(server.events.wait { if case .overLimit = $0 { true } else { false } })
+        // The client reconnects through its own room while the stranger's is full.
+        client.client.stop()
+        let returning = try RunningClient3(app: echo.endpoint, server: server)
+        defer { returning.stop() }
+        #expect(returning.waitForRegistered())
 
         let user = try Connection.connect(to: server.public)  // the registered client still serves
         defer { user.close() }
         try user.write("through")
         user.shutdownWrite()
         #expect(try user.readToEnd() == Array("through".utf8))
+    }
+
+    @Test("proxy connections from the client's own address have room of their own, but not without end")
+    func clientProxiesAreBounded() throws {
+        let echo = try echoServer()
+        defer { echo.stop() }
+        var limits = ServerLimits()
+        limits.maxUsers = 2  // room for 2 + 16 (the largest pool) from the client's address
+        let (server, client) = try startTunnel(app: echo.endpoint, limits: limits)
+        defer { client.stop(); server.stop() }
+        let silent = try (0..<18).map { _ in try Connection.connect(to: server.proxy) }
+        defer { for connection in silent { connection.close() } }
+        let over = try Connection.connect(to: server.proxy)
+        defer { over.close() }
+        #expect(closedWithoutAWord(over))
+        #expect(server.events.wait { if case let .overLimit(_, _, limit) = $0 { limit.contains("client's address") } else { false } })
     }
 
     @Test("a joined user idle past the idle timeout is reset, and the server says why")

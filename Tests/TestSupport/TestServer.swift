@@ -3,6 +3,18 @@
 
 import Stage0Pipe
 
+/// True where a connection can leave from 127.0.0.2: Linux routes all of 127.0.0.0/8 to the
+/// loopback interface, macOS only 127.0.0.1 unless told otherwise. Tests that play a stranger
+/// on another address than the client's need it.
+public let secondLoopbackAddress = "127.0.0.2"
+public let secondLoopbackAddressWorks: Bool = {
+    guard let listener = try? Listener(on: anyLoopbackPort) else { return false }
+    defer { listener.close() }
+    guard let connection = try? Connection.connect(to: listener.endpoint, from: secondLoopbackAddress) else { return false }
+    connection.close()
+    return true
+}()
+
 /// Loopback, port 0: "any free port", read back from `Listener.endpoint`.
 public let anyLoopbackPort = Endpoint(host: "127.0.0.1", port: 0)
 

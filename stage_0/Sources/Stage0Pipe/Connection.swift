@@ -34,13 +34,21 @@ public final class Connection: Sendable, CustomStringConvertible {
     }
 
     /// Connects to `endpoint` (`socket(2)` + `connect(2)`), trying each address the host
-    /// resolves to, and giving up on an address after `timeout`.
-    public static func connect(to endpoint: Endpoint, timeout: Duration = .seconds(10)) throws -> Connection {
+    /// resolves to, and giving up on an address after `timeout`. With `source`, the connection
+    /// leaves from that local address (`bind(2)` first), as a machine with several would.
+    public static func connect(to endpoint: Endpoint, from source: String? = nil, timeout: Duration = .seconds(10))
+        throws -> Connection
+    {
         var lastError: Error = ResolveError(host: endpoint.host, message: "no addresses")
         for address in try endpoint.resolve(passive: false) {
             do {
                 let fd = try systemCall("socket") { socket(address.family, streamSocketType, 0) }
                 do {
+                    if let source, let local = try Endpoint(host: source, port: 0).resolve(passive: true).first {
+                        try local.withSockaddr { raw, length in
+                            _ = try systemCall("bind \(source)") { bind(fd, raw, length) }
+                        }
+                    }
                     try connect(fd, to: address, timeout: timeout, naming: "connect \(endpoint)")
                     return try Connection(fd: fd)
                 } catch {

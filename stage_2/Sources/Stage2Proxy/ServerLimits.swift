@@ -14,9 +14,8 @@ public struct ServerLimits: Sendable {
     /// Users connected at once from one address (`--max-users-per-address`).
     public var maxUsersPerAddress = 100
     /// Connections on the control port not yet authenticated, and, counted apart, connections on
-    /// the proxy port that have not yet sent their `proxy <id>` line (`--max-pending`). Proxy
-    /// connections from the registered client's address are not counted: they arrive in a
-    /// burst when users do, and the users waiting for them are limited already.
+    /// the proxy port that have not yet sent their `proxy <id>` line (`--max-pending`). The
+    /// registered client's address has room of its own (TunnelServer's `clientAddress`).
     public var maxPending = 128
     /// The same, from one address (`--max-pending-per-address`).
     public var maxPendingPerAddress = 16

@@ -61,6 +61,13 @@ public final class TunnelServer: Sendable {
     private let users: ConnectionBudget
     private let pendingControl: ConnectionBudget
     private let pendingProxies: ConnectionBudget
+    /// The address (`addressKey`) of the client that registered last. Its control and proxy
+    /// connections are counted apart from strangers', so that strangers who fill the pending
+    /// limits from other addresses cannot keep the client from reconnecting or from answering
+    /// its users; its proxy connections come in bursts (one per user), as many as users wait.
+    private let clientAddress = Locked<String?>(nil)
+    private let clientControl: ConnectionBudget
+    private let clientProxies: ConnectionBudget
 
     public init(heartbeatTimeout: Duration = Heartbeat.standard.timeout, proxyTimeout: Duration = .seconds(10),
                 limits: ServerLimits = ServerLimits(),
@@ -79,6 +86,11 @@ public final class TunnelServer: Sendable {
                                           perAddress: pending.perAddress)
         pendingProxies = ConnectionBudget("unidentified proxy connections", total: pending.total,
                                           perAddress: pending.perAddress)
+        clientControl = ConnectionBudget("unauthenticated control connections from the client's address",
+                                         total: (8, "a fixed 8"), perAddress: (8, "a fixed 8"))
+        let proxiesInFlight = (limits.maxUsers + ProxyPool.maxSize, "--max-users, plus the pool")
+        clientProxies = ConnectionBudget("unidentified proxy connections from the client's address",
+                                         total: proxiesInFlight, perAddress: proxiesInFlight)
     }
 
     /// Serves until `stop`. Then, as if the process had exited, closes the listeners and the
@@ -140,7 +152,8 @@ public final class TunnelServer: Sendable {
         }
         if stop.isStopped { connection.shutdownBoth() }  // accepted just as the server stopped
         let reader = LineReader(connection)
-        let admission = counted(connection, in: pendingControl) {
+        let fromClient = clientAddress.current == addressKey(peer.host)
+        let admission = counted(connection, in: fromClient ? clientControl : pendingControl) {
             events(.controlOpened(client: peer))
             return admit(reader)
         }
@@ -209,6 +222,7 @@ public final class TunnelServer: Sendable {
         // Publish first, answer second: once the client reads `registered`, users must find it.
         // (If the answer fails, this connection's cleanup in serveControl unpublishes it.)
         let previous = client.exchange(channel)
+        clientAddress.withLock { $0 = addressKey(channel.connection.peer.host) }
         try channel.send(.registered)
         events(.registered(client: channel.connection.peer))
         if let previous, previous !== channel {
@@ -277,11 +291,9 @@ public final class TunnelServer: Sendable {
 
     func serveProxy(_ proxy: Connection) {
         let reader = LineReader(proxy, maxLineLength: 64)
-        // The registered client's own proxy connections come in bursts, one per user arriving,
-        // and are bounded by the users waiting (`--max-users`): only strangers are counted.
         let channel = client.current
-        let fromClient = channel?.connection.peer.host == proxy.peer.host
-        let named = fromClient ? readProxyID(proxy, reader) : counted(proxy, in: pendingProxies) { readProxyID(proxy, reader) } ?? nil
+        let fromClient = clientAddress.current == addressKey(proxy.peer.host)
+        let named = counted(proxy, in: fromClient ? clientProxies : pendingProxies) { readProxyID(proxy, reader) } ?? nil
         guard let id = named else { return }
         if let user = waiting.take(id) {
             events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
