@@ -16,16 +16,19 @@ enum Relay: String, CaseIterable, CustomStringConvertible, Sendable {
 
     /// Starts joining `a` and `b` without waiting; the result goes to `results`.
     /// Returns the pair's abort.
-    func start(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts, results: EventRecorder<JoinResult>)
+    @discardableResult
+    func start(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts = .none,
+               endOfBIsClean: (@Sendable () -> Bool)? = nil, results: EventRecorder<JoinResult>)
         throws -> @Sendable (String) -> Void
     {
         switch self {
         case .threads:
-            let join = Join(a, b, timeouts: timeouts)
+            let join = Join(a, b, timeouts: timeouts, endOfBIsClean: endOfBIsClean)
             try startThread("join") { results.handler(join.run()) }
             return join.abort
         case .events:
-            let pair = try EventRelay.shared.start(a, b, timeouts: timeouts, then: results.handler)
+            let pair = try EventRelay.shared.pair(a, b, timeouts: timeouts, endOfBIsClean: endOfBIsClean)
+            pair.start(then: results.handler)
             return pair.abort
         }
     }
@@ -265,5 +268,27 @@ struct RelayTests {
         _ = try EventRelay.shared.start(a, b) { _ in }
         try client.write("still relaying")
         #expect(try app.read(exactly: 14) == Array("still relaying".utf8))
+    }
+
+    @Test("an end of stream from b that its check says is not clean becomes a reset for a", arguments: Relay.allCases)
+    func uncleanEndIsAReset(relay: Relay) throws {
+        let maker = try PairMaker()
+        for clean in [true, false] {
+            let (client, a, b, app) = try maker.make()
+            defer { client.close() }
+            let results = EventRecorder<JoinResult>()
+            try relay.start(a, b, endOfBIsClean: { clean }, results: results)
+            try app.write("all of it?")
+            app.close()
+            #expect(try client.read(exactly: 10) == Array("all of it?".utf8))
+            if clean {
+                #expect(try client.readToEnd().isEmpty, "a clean end is passed on as one")
+                client.shutdownWrite()
+            } else {
+                #expect(endsWithReset(client))
+            }
+            #expect(results.wait(for: 1) { ($0.error as? JoinCut) == (clean ? nil : .lostPeer) })
+        }
+        #expect(maker.relaySocketsOpen == 0)
     }
 }

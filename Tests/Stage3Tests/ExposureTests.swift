@@ -212,6 +212,24 @@ struct ExposureTests {
         #expect(server.events.wait { if case let .controlClosed(_, _, _, reset) = $0 { reset == 1 } else { false } })
     }
 
+    @Test("a client killed outright (every socket closed at once, control first): its user gets a reset, not a clean end")
+    func killedClientIsNotACleanEnd() throws {
+        let server = try RunningServer3()
+        defer { server.stop() }
+        let control = try register(server)
+        let user = try Connection.connect(to: server.public)
+        defer { user.close() }
+        let proxy = try Connection.connect(to: server.proxy)
+        try proxy.write("proxy \(try nextID(control, "create_proxy"))\n" + "the first half of the reply")
+        #expect(try user.read(exactly: 27) == Array("the first half of the reply".utf8))
+        control.close()  // as the kernel does for a killed process: in descriptor order
+        proxy.close()
+        #expect(endsInReset(user), "the end of the proxy connection came with the end of its client")
+        // Whichever notices first, the relay (the proxy's end came with its client's) or the
+        // control connection's thread (its client is gone), the user is reset.
+        #expect(server.events.wait { if case let .userFinished(_, _, _, error) = $0 { error != nil } else { false } })
+    }
+
     @Test("a thread the system refuses is an error the caller sees, not a body that silently never runs")
     func threadStartFailureIsReported() {
         // A stack larger than the address space: pthread_create cannot map it.

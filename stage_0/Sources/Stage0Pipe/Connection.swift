@@ -100,6 +100,14 @@ public final class Connection: Sendable, CustomStringConvertible {
         return poll(&entry, 1, 0) > 0
     }
 
+    /// True if the peer has finished sending and nothing is left to read: a `recv` that peeks
+    /// without waiting (MSG_PEEK, MSG_DONTWAIT) sees the end of stream. False while bytes wait,
+    /// or while the peer is silent but there.
+    public var peerHasFinished: Bool {
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, Int32(MSG_PEEK) | dontWait) == 0
+    }
+
     /// Reads until the peer finishes sending, keeping at most `limit` bytes; throws
     /// `TimeoutError` if the end has not come within `timeout`.
     public func readToEnd(limit: Int = 64 << 20, timeout: Duration = .seconds(10)) throws -> [UInt8] {

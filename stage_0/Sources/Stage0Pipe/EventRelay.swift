@@ -72,8 +72,10 @@ public final class EventRelay: Sendable {
 
     /// The same in two steps: the pair, not started yet, so that the caller can record it
     /// (to abort it later) before any result can come back; then `RelayedPair.start`.
-    public func pair(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts = .none) -> RelayedPair {
-        RelayedPair(relay: self, pair: RelayPair(a, b, timeouts: timeouts))
+    /// `endOfBIsClean`: as for `Join`.
+    public func pair(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts = .none,
+                     endOfBIsClean: (@Sendable () -> Bool)? = nil) -> RelayedPair {
+        RelayedPair(relay: self, pair: RelayPair(a, b, timeouts: timeouts, endOfBIsClean: endOfBIsClean))
     }
 
     fileprivate func send(_ command: RelayCommand) {
@@ -140,17 +142,17 @@ public enum RelayChoice: String, Sendable, CaseIterable {
     /// connections are closed. With threads, this blocks until then; with events, it returns
     /// at once and `then` runs later on the relay's results queue.
     public func join(
-        _ a: Connection, _ b: Connection, timeouts: JoinTimeouts,
+        _ a: Connection, _ b: Connection, timeouts: JoinTimeouts, endOfBIsClean: (@Sendable () -> Bool)? = nil,
         track: (any AbortableJoin) -> Void, then: @escaping @Sendable (any AbortableJoin, JoinResult) -> Void
     ) {
         switch self {
         case .threads:
-            let join = Join(a, b, timeouts: timeouts)
+            let join = Join(a, b, timeouts: timeouts, endOfBIsClean: endOfBIsClean)
             track(join)
             then(join, join.run())
         case .events:
             do {
-                let pair = try EventRelay.shared.pair(a, b, timeouts: timeouts)
+                let pair = try EventRelay.shared.pair(a, b, timeouts: timeouts, endOfBIsClean: endOfBIsClean)
                 track(pair)
                 pair.start { then(pair, $0) }
             } catch {
@@ -224,13 +226,16 @@ private final class Direction {
     var blockedSince: ContinuousClock.Instant?
     /// The last `pump` stopped at its turn's end with more to move: it needs another turn.
     var hasMore = false
+    /// Asked before `source`'s end is passed on (`Join.endOfBIsClean`); nil: always clean.
+    let endIsClean: (@Sendable () -> Bool)?
     /// Reads one direction may make in one turn. A bulk transfer would otherwise keep the
     /// loop to itself for as long as both its peers keep up, and every other pair would wait.
     static let readsPerTurn = 4
 
-    init(from source: Side, to sink: Side) {
+    init(from source: Side, to sink: Side, endIsClean: (@Sendable () -> Bool)? = nil) {
         self.source = source
         self.sink = sink
+        self.endIsClean = endIsClean
         buffer = .allocate(byteCount: joinBufferSize, alignment: 1)
     }
 
@@ -265,6 +270,7 @@ private final class Direction {
                 continue
             }
             if sourceEnded {
+                if let endIsClean, !endIsClean() { throw JoinCut.lostPeer }
                 sink.connection.shutdownWrite()  // pass the end of the stream on: half-close
                 done = true
                 break
@@ -321,11 +327,11 @@ private final class RelayPair: @unchecked Sendable {
     /// When a byte last moved either way (kept only with an idle timeout).
     var lastActivity = ContinuousClock.now
 
-    init(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts) {
+    init(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts, endOfBIsClean: (@Sendable () -> Bool)?) {
         self.a = Side(a)
         self.b = Side(b)
         forward = Direction(from: self.a, to: self.b)
-        backward = Direction(from: self.b, to: self.a)
+        backward = Direction(from: self.b, to: self.a, endIsClean: endOfBIsClean)
         self.timeouts = timeouts
     }
 

@@ -37,12 +37,16 @@ public enum JoinCut: Error, Equatable, Sendable, CustomStringConvertible {
     case stalled(Duration, peer: Endpoint)
     /// `Join.abort` was called, for this reason.
     case aborted(String)
+    /// `b` ended its stream as its far side vanished (`Join.endOfBIsClean` said no): a
+    /// crashed process's sockets all end at once, and that end is not the data's.
+    case lostPeer
 
     public var description: String {
         switch self {
         case .idle(let limit): "idle timeout: no byte either way for \(limit)"
         case let .stalled(limit, peer): "stall timeout: \(peer) read nothing we sent for \(limit)"
         case .aborted(let reason): "aborted: \(reason)"
+        case .lostPeer: "the far side vanished as its stream ended: not a clean end"
         }
     }
 }
@@ -89,6 +93,12 @@ public final class Join: Sendable {
     public let a: Connection
     public let b: Connection
     public let timeouts: JoinTimeouts
+    /// Asked when `b` finishes sending, before that end is passed on to `a`: is it a clean end?
+    /// A process killed with `kill -9` has all its sockets closed at once, each with an
+    /// ordinary end of stream, which would pass for "that was all of it". On the server, `b` is
+    /// a proxy connection, and the question is whether its client's control connection is
+    /// still open; if not, `a` gets a reset (`JoinCut.lostPeer`). Nil: every end is clean.
+    public let endOfBIsClean: (@Sendable () -> Bool)?
     private let state = Locked(State())
 
     private struct State {
@@ -100,10 +110,12 @@ public final class Join: Sendable {
         var cut: JoinCut?
     }
 
-    public init(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts = .none) {
+    public init(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts = .none,
+                endOfBIsClean: (@Sendable () -> Bool)? = nil) {
         self.a = a
         self.b = b
         self.timeouts = timeouts
+        self.endOfBIsClean = endOfBIsClean
     }
 
     /// Relays both ways until both directions end, then closes both connections.
@@ -172,6 +184,7 @@ public final class Join: Sendable {
                 }
                 if count == 0 {
                     if state.current.failing { return (total, nil) }  // woken by a failure: say nothing
+                    if source === b, let endOfBIsClean, !endOfBIsClean() { throw JoinCut.lostPeer }
                     sink.shutdownWrite()  // pass the end of the stream on: half-close
                     return (total, nil)
                 }

@@ -48,6 +48,13 @@ final class ControlChannel: Sendable {
         }
     }
 
+    /// False once the control connection has ended, or its client has closed its end: then the
+    /// client has gone (a client never closes its control connection while it serves users),
+    /// and an end of stream from one of its proxy connections is not to be trusted.
+    var isAlive: Bool {
+        joins.withLock { $0 != nil } && !connection.peerHasFinished
+    }
+
     /// Records a join made through this client. False if the client is gone already.
     func track(_ join: any AbortableJoin) -> Bool {
         joins.withLock { joins in

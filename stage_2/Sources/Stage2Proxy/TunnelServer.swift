@@ -324,7 +324,9 @@ public final class TunnelServer: Sendable {
             return events(.userFinished(user: user.peer, sent: 0, received: 0, error: "\(error)"))
         }
         // With the event relay this returns at once and the thread ends: no thread per joined user.
-        limits.relay.join(user, proxy, timeouts: limits.joinTimeouts, track: { join in
+        // A client killed with `kill -9` ends its control and proxy connections at once, the
+        // control first (the lower descriptor); the user must get a reset, not a clean end.
+        limits.relay.join(user, proxy, timeouts: limits.joinTimeouts, endOfBIsClean: { channel.isAlive }, track: { join in
             if !channel.track(join) { join.abort("the client's control connection had ended") }
         }, then: { [events] join, result in
             channel.untrack(join)
