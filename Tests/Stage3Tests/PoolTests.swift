@@ -80,4 +80,31 @@ struct PoolTests {
         #expect(try pooled.readToEnd().isEmpty, "the stale connection was closed, not given the user")
         #expect(!server.events.events.contains(where: pooledUse))
     }
+
+    @Test("a client opens no more pooled connections than it asked for, whatever the server says")
+    func clientCapsItsPool() throws {
+        // A server of our own, typed by hand, that answers `pool 1` with five fill_pool lines.
+        let control = try Listener(on: anyLoopbackPort)
+        let proxies = try Listener(on: anyLoopbackPort)
+        let never = StopSignal()
+        var settings = TunnelClientSettings(localApp: anyLoopbackPort, control: control.endpoint, proxy: proxies.endpoint)
+        settings.pool = 1
+        let events = EventRecorder<TunnelClientEvent>()
+        let client = TunnelClient(settings, events: events.handler)
+        let running = try BackgroundThread("client") { try? client.run() }
+        defer { client.stop(); _ = running.value(timeout: testDeadline) }
+        let server = try #require(try control.accept(unless: never))
+        defer { server.close() }
+        #expect(try server.readLineForTest() == "auth")
+        #expect(try server.readLineForTest() == "register")
+        try server.write("registered\n")
+        var line = try server.readLineForTest()
+        while line == "ping" { line = try server.readLineForTest() }  // the heartbeat starts at once
+        #expect(line == "pool 1")
+        try server.write((0..<5).map { _ in "fill_pool \(ProxyID.random())\n" }.joined())
+        let first = try #require(try proxies.accept(unless: never))
+        defer { first.close() }
+        #expect(try first.readLineForTest()?.hasPrefix("proxy ") == true)
+        #expect(events.wait(for: 4) { if case let .serverError(reason) = $0 { reason.contains("beyond the pool") } else { false } })
+    }
 }

@@ -178,8 +178,10 @@ public final class TunnelServer: Sendable {
                         try channel.send(.pong)
                         events(.heartbeat(client: peer))
                     case .register: try register(channel)
-                    case .pool(let size):
+                    case .pool(let size) where client.current === channel:
                         for id in channel.pool.resize(to: size) { try channel.send(.fillPool(id)) }
+                    case .pool:
+                        try channel.send(.error("pool comes after register: a pool serves the registered client"))
                     case .proxy: try channel.send(.error("proxy <id> goes on the proxy port, not the control port"))
                     }
                 } catch let error as ProtocolError {

@@ -49,6 +49,9 @@ public final class TunnelClient: Sendable {
     private let open = Locked<[ObjectIdentifier: Connection]>([:])
     /// Users being served now, against `settings.maxUsers`.
     private let users = Locked(0)
+    /// Pooled proxy connections open or opening, against `settings.pool`: a server (or whoever
+    /// answers in its place) gets no more of them than we asked for.
+    private let pooled = Locked(0)
 
     public init(_ settings: TunnelClientSettings, events: @escaping @Sendable (TunnelClientEvent) -> Void) {
         self.settings = settings
@@ -158,18 +161,34 @@ public final class TunnelClient: Sendable {
     /// its own, which waits there until the server says `user <address>` on it, and then joins
     /// that user to the app. The server closes a pooled connection that waited too long.
     private func openPooledProxy(_ id: ProxyID) {
+        let room = pooled.withLock { count in
+            guard count < settings.pool else { return false }
+            count += 1
+            return true
+        }
+        guard room else { return events(.serverError("fill_pool beyond the pool of \(settings.pool) we asked for: ignored")) }
         do {
             try startThread("pooled proxy") {
+                defer { self.pooled.withLock { $0 -= 1 } }
                 guard let proxy = try? self.openProxy(id) else { return }
                 let reader = LineReader(proxy, maxLineLength: 64)
-                guard let line = try? reader.readLine(), case .user(let user) = try? ServerMessage(line: line) else {
+                // The server replaces a pooled connection that waits past its age; one that still
+                // waits twice that long has a server that has gone without a word.
+                let deadline = ContinuousClock.now + ServerLimits().poolMaxAge * 2
+                guard let line = try? reader.readLine(deadline: deadline),
+                    case .user(let user) = try? ServerMessage(line: line)
+                else {
                     return self.release(proxy)  // closed unused (too old, or the client stopped)
                 }
                 self.events(.pooledUserArrived(user: user, local: proxy.local))
-                guard self.countUser(user) else { return self.release(proxy) }
+                guard self.countUser(user) else {
+                    proxy.resetWhenClosed()  // the user learns it was turned down, not served
+                    return self.release(proxy)
+                }
                 self.joinToApp(proxy, user: user, early: reader.takeBuffered()) { self.users.withLock { $0 -= 1 } }
             }
         } catch {
+            pooled.withLock { $0 -= 1 }
             events(.serverError("cannot keep a pooled proxy connection: \(error)"))
         }
     }
