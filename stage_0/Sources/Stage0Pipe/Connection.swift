@@ -29,6 +29,7 @@ public final class Connection: Sendable, CustomStringConvertible {
         var on: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &on, socklen_t(MemoryLayout<Int32>.size))
         disableSigPipe(fd)
+        closeOnExec(fd)
         local = try SocketAddress.of(fd, "getsockname", getsockname).endpoint
         peer = try SocketAddress.of(fd, "getpeername", getpeername).endpoint
     }

@@ -19,6 +19,7 @@ public final class Listener: Sendable {
             throw ResolveError(host: endpoint.host, message: "no addresses")
         }
         let fd = try systemCall("socket") { socket(address.family, streamSocketType, 0) }
+        closeOnExec(fd)
         do {
             // SO_REUSEADDR: lets a restarted server bind its port at once, instead of failing
             // with EADDRINUSE while the last run's connections sit in TIME_WAIT.

@@ -42,6 +42,13 @@ func systemCall<Result: BinaryInteger>(
     }
 }
 
+/// Marks `fd` close-on-exec (`fcntl(2)`, FD_CLOEXEC): a program started from one built on this
+/// library does not inherit our sockets, which would keep them open after we close them, so
+/// that their peers never saw the end.
+func closeOnExec(_ fd: Int32) {
+    _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+}
+
 /// The symbolic name of an errno, for the errors people actually meet on sockets.
 /// The numbers differ between Linux and macOS; the names are the same on both.
 public func errnoName(_ code: Int32) -> String {

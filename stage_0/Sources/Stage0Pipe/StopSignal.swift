@@ -18,6 +18,7 @@ public final class StopSignal: Sendable {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { fatalError("pipe: \(errnoName(errno)): out of file descriptors at start-up") }
         (readFD, writeFD) = (fds[0], fds[1])
+        for fd in fds { closeOnExec(fd) }
     }
 
     /// Stops everything waiting on this signal. Calling it again does nothing.
