@@ -202,6 +202,23 @@ struct RelayTests {
         #expect(maker.relaySocketsOpen == 0)
     }
 
+    @Test("with no stall timeout, a peer that stops reading is cut by the idle timeout", arguments: Relay.allCases)
+    func idleCutsAStalledWrite(relay: Relay) throws {
+        // Once the app's side is full nothing moves either way: idle, though a write is waiting.
+        let maker = try PairMaker()
+        let (client, a, b, app) = try maker.make()
+        defer { client.close(); app.close() }
+        let results = EventRecorder<JoinResult>()
+        _ = try relay.start(a, b, timeouts: JoinTimeouts(idle: .milliseconds(200)), results: results)
+        let sender = try BackgroundThread("endless sender") {
+            let chunk = [UInt8](repeating: 7, count: 65536)
+            while (try? client.write(chunk)) != nil {}
+        }
+        #expect(results.wait(for: 1) { ($0.error as? JoinCut) == .idle(.milliseconds(200)) })
+        #expect(sender.value(timeout: testDeadline) != nil, "the client's write fails instead of hanging")
+        #expect(maker.relaySocketsOpen == 0)
+    }
+
     @Test("abort from another thread resets the user's side and ends the app's", arguments: Relay.allCases)
     func abortResets(relay: Relay) throws {
         let maker = try PairMaker()

@@ -122,7 +122,9 @@ public final class Join: Sendable {
     @discardableResult
     public func run() -> JoinResult {
         for connection in [a, b] {
-            connection.setTimeouts(receive: timeouts.idle, send: timeouts.stall)
+            // Without a stall timeout, a write that makes no progress for the idle time is idle
+            // too: nothing else would ever wake a thread blocked in `send` to a peer that never reads.
+            connection.setTimeouts(receive: timeouts.idle, send: timeouts.stall ?? timeouts.idle)
         }
         let forward: (bytes: Int, error: (any Error)?)
         let back: (bytes: Int, error: (any Error)?)
@@ -176,7 +178,7 @@ public final class Join: Sendable {
                     guard let idle = timeouts.idle else { throw error }
                     let quiet = state.current.lastActivity.duration(to: .now)
                     if quiet >= idle { throw JoinCut.idle(idle) }
-                    source.setTimeouts(receive: idle - quiet, send: timeouts.stall)
+                    source.setTimeouts(receive: idle - quiet, send: timeouts.stall ?? idle)
                     continue
                 } catch {
                     broken = source
@@ -191,7 +193,9 @@ public final class Join: Sendable {
                 do {
                     try sink.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
                 } catch let error as SocketError where error.code == EAGAIN || error.code == EWOULDBLOCK {
-                    throw JoinCut.stalled(timeouts.stall ?? .zero, peer: sink.peer)  // SO_SNDTIMEO
+                    // SO_SNDTIMEO: `sink` took nothing for the stall time (or, without one, the idle time).
+                    if let stall = timeouts.stall { throw JoinCut.stalled(stall, peer: sink.peer) }
+                    throw JoinCut.idle(timeouts.idle ?? .zero)
                 } catch {
                     broken = sink
                     throw error
