@@ -15,7 +15,7 @@ struct InspectorTests {
     func page() throws {
         let inspector = try Inspector(title: "test", on: anyLoopbackPort)
         defer { inspector.stop() }
-        let response = try HTTPResponse(asking: inspector, "GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        let response = try HTTPResponse(asking: inspector, "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         #expect(response.status == "HTTP/1.1 200 OK")
         #expect(response.headers.contains("Content-Type: text/html; charset=utf-8"))
         #expect(response.headers.contains("Content-Security-Policy: default-src 'none'"))
@@ -138,6 +138,18 @@ struct InspectorTests {
         let response = try HTTPResponse(asking: inspector, "GET /secret HTTP/1.1\r\n\r\n")
         #expect(response.status == "HTTP/1.1 404 Not Found")
         #expect(response.body.contains("/, /state and /events"))
+    }
+
+    @Test("on loopback the page answers to loopback names only: a page elsewhere cannot rebind a name to it")
+    func loopbackNamesOnly() throws {
+        let inspector = try Inspector(title: "test", on: anyLoopbackPort)
+        defer { inspector.stop() }
+        for host in ["localhost:4040", "127.0.0.1", "[::1]:4040"] {
+            #expect(try HTTPResponse(asking: inspector, "GET /state HTTP/1.1\r\nHost: \(host)\r\n\r\n").status == "HTTP/1.1 200 OK")
+        }
+        let rebound = try HTTPResponse(asking: inspector, "GET /state HTTP/1.1\r\nHost: attacker.example:4040\r\n\r\n")
+        #expect(rebound.status == "HTTP/1.1 403 Forbidden")
+        #expect(!rebound.body.contains("users"))
     }
 
     @Test("malformed requests get 400, other methods 405, and the connection is closed")
@@ -287,7 +299,7 @@ private final class EventStreamReader: @unchecked Sendable {
 
     init(_ inspector: Inspector) throws {
         connection = try Connection.connect(to: inspector.endpoint)
-        try connection.write("GET /events HTTP/1.1\r\nHost: test\r\n\r\n")
+        try connection.write("GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         head = try read(until: "\r\n\r\n") ?? ""
     }
 

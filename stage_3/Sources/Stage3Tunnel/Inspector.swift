@@ -38,6 +38,11 @@ public final class Inspector: @unchecked Sendable {
     /// Where the page is served (with the real port when asked for port 0).
     public let endpoint: Endpoint
     public var url: String { "http://\(endpoint)/" }
+    /// The log line that says where the page is, and warns when others can reach it too.
+    public var announcement: String {
+        "live view: open \(url) in a browser"
+            + (isLoopback(endpoint.host) ? "" : "; it listens beyond loopback: whoever reaches it sees every user's address")
+    }
     private let limits: Limits
     private let started = ContinuousClock.now
     private let stopSignal = StopSignal()
@@ -173,6 +178,13 @@ public final class Inspector: @unchecked Sendable {
         } catch {
             return respond(connection, error.status, type: "text/plain; charset=utf-8", body: error.message + "\n",
                            extraHeaders: error.extraHeaders, timeout: limits.requestTimeout)
+        }
+        // A page on loopback answers only to loopback names. Otherwise a web page from anywhere
+        // could point a name of its own at 127.0.0.1 (DNS rebinding) and read /state.
+        if isLoopback(endpoint.host), let host = request.host, !isLoopback(host) {
+            return respond(connection, "403 Forbidden", type: "text/plain; charset=utf-8",
+                           body: "this page answers to localhost and 127.0.0.1 only, not to \(host)\n",
+                           timeout: limits.writeTimeout)
         }
         switch request.path {
         case "/":

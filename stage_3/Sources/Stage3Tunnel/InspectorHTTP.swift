@@ -11,6 +11,8 @@ import Stage1Control
 struct HTTPRequest {
     /// The path without its query (`/events` for `/events?x=1`): the query is for the page's script.
     let path: String
+    /// The `Host` header's host, without its port (nil when there is none).
+    let host: String?
 }
 
 /// A request we refuse, and the status line and message that say why.
@@ -57,7 +59,14 @@ func readRequest(from connection: Connection, limit: Int, deadline: ContinuousCl
     guard words[0] == "GET" else {
         throw HTTPRefusal(status: "405 Method Not Allowed", message: "only GET is served here", extraHeaders: "Allow: GET\r\n")
     }
-    return HTTPRequest(path: String(words[1].prefix { $0 != "?" }))
+    let hostHeader = lines.dropFirst().first { $0.lowercased().hasPrefix("host:") }
+    let host = hostHeader.map { header in
+        let value = header.dropFirst(5).trimmingCharacters(in: .whitespaces)
+        // "[::1]:4040" → "::1", "localhost:4040" → "localhost"
+        if value.hasPrefix("["), let close = value.firstIndex(of: "]") { return String(value[value.index(after: value.startIndex)..<close]) }
+        return String(value.prefix { $0 != ":" })
+    }
+    return HTTPRequest(path: String(words[1].prefix { $0 != "?" }), host: host)
 }
 
 /// The status line and headers of a response; `length` nil for a stream.

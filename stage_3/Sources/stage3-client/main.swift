@@ -79,7 +79,7 @@ let (settings, inspect) = tool.parse { arguments in
 }
 
 let inspector = inspect.map { address in tool.listen { try Inspector(title: "client", on: address) } }
-if let inspector { tool.log("live view: open \(inspector.url) in a browser") }
+if let inspector { tool.log(inspector.announcement) }
 let client = TunnelClient(settings) {
     if !$0.isHeartbeat { tool.log($0.description, from: $0.logSource) }
     inspector?.record($0)

@@ -26,7 +26,7 @@ let inspect = tool.parse { arguments in
 }
 let inspector = inspect.map { address in tool.listen { try Inspector(title: "demo", on: address) } }
 let again = inspector.map { inspector in
-    tool.log("live view: open \(inspector.url) in a browser")
+    tool.log(inspector.announcement)
     let again = StopSignal()
     again.stopOnInterrupt()
     return again

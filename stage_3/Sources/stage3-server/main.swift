@@ -52,7 +52,7 @@ if secret.value == nil {
 }
 if let warning = shortSecretWarning(secret) { tool.log("warning: \(warning)") }
 let inspector = inspect.map { address in tool.listen { try Inspector(title: "server", on: address) } }
-if let inspector { tool.log("live view: open \(inspector.url) in a browser") }
+if let inspector { tool.log(inspector.announcement) }
 let stop = StopSignal()
 stop.stopOnInterrupt { tool.logStopping() }
 let server = flags.server(admit: GuessLimit().guarding(secret.check(timeout: flags.proxyTimeout))) {
