@@ -53,23 +53,28 @@ public enum ServerMessage: Equatable, Sendable {
 
 /// A line that is not a command this side understands.
 public enum ProtocolError: Error, Equatable, CustomStringConvertible {
-    /// The bytes are not valid UTF-8 text.
+    /// The bytes are not valid UTF-8 text, or hold a control character: none belongs in a
+    /// command, and one in an `error` reason would reach the other side's terminal as is.
     case notText
     /// Text, but not a command we know (or the wrong number of words for it).
     case unknownCommand(String)
 
     public var description: String {
         switch self {
-        case .notText: "the line is not UTF-8 text"
-        // debugDescription quotes the text and escapes control characters, so a peer cannot
-        // write terminal escapes or NUL bytes into our log.
+        case .notText: "the line is not UTF-8 text without control characters"
+        // Quoted, so the log shows where the peer's text starts and ends. It holds no control
+        // characters (`words(of:)` refused them), so a peer cannot write escapes into our log.
         case .unknownCommand(let line): "unknown command \(String(line.prefix(80)).debugDescription)"
         }
     }
 
-    /// Splits a line into words separated by spaces, after checking that it is UTF-8 text.
+    /// Splits a line into words separated by spaces, after checking that it is UTF-8 text
+    /// without control characters (C0, DEL, C1: the ones a terminal acts on, and a `\r` that
+    /// a LineReader would strip from the end of a re-sent line).
     public static func words(of line: [UInt8]) throws(ProtocolError) -> [String] {
-        guard let text = String(validating: line, as: UTF8.self) else { throw .notText }
+        guard let text = String(validating: line, as: UTF8.self),
+              !text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control })
+        else { throw .notText }
         return text.split(separator: " ").map(String.init)
     }
 }
