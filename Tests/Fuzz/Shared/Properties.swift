@@ -36,8 +36,9 @@ func wireLine(_ encoded: String) -> [UInt8]? {
 /// The line as readable text for a failure message: quoted, control characters escaped.
 func show(_ line: [UInt8]) -> String { String(decoding: line, as: UTF8.self).debugDescription }
 
-/// True if `text` holds no control character (C0, DEL, C1), which a terminal would act on.
-/// Error texts reach logs and peers. (`debugDescription` escapes C0 and DEL, not C1.)
+/// True if `text` holds no control character (Unicode category Cc: C0, DEL, C1), which a
+/// terminal would act on. Error texts reach logs and peers. (`debugDescription` escapes C0
+/// and DEL, not C1.) Asked by category, not by value as the parser does: a second opinion.
 func isPrintable(_ text: String) -> Bool {
     !text.unicodeScalars.contains { $0.properties.generalCategory == .control }
 }
