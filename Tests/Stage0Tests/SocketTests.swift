@@ -71,6 +71,8 @@ struct SocketTests {
         ("localhost:22", Endpoint(host: "localhost", port: 22)),
         ("[::1]:60623", Endpoint(host: "::1", port: 60623)),
         ("8000", nil), (":8000", nil), ("::1:80", nil), ("host:99999", nil), ("host:", nil),
+        // Caught by the fuzz round-trip property: `[[a]]:80` gave host `[a]`, printed `[a]:80`, read back as `a`.
+        ("[[a]]:80", nil), ("a]:80", nil), ("[a:80", nil),
     ])
     func parseEndpoint(text: String, expected: Endpoint?) {
         #expect(Endpoint(text) == expected)

@@ -63,7 +63,7 @@ struct ControlTests {
         try raw.write("hello there\n")
         #expect(try raw.readLineForTest() == "error unknown command \"hello there\"")
         try raw.write([0xff, 0xfe, 0x0a])
-        #expect(try raw.readLineForTest() == "error the line is not UTF-8 text")
+        #expect(try raw.readLineForTest() == "error the line is not UTF-8 text without control characters")
         try raw.write("ping\n")
         #expect(try raw.readLineForTest() == "pong", "the connection is still fine after bad lines")
     }
@@ -181,5 +181,17 @@ struct LineTests {
         #expect(try ServerMessage(line: Array("pong".utf8)) == .pong)
         #expect(try ServerMessage(line: Array("error no such thing".utf8)) == .error("no such thing"))
         #expect(throws: ProtocolError.unknownCommand("ping now")) { try ClientMessage(line: Array("ping now".utf8)) }
+    }
+
+    @Test("a line with a control character is refused, so a peer cannot write escapes into a log")
+    func controlCharacters() {
+        // Found by fuzzing: `error <ESC>[2J` was accepted and its reason logged as is, and
+        // `error x\r` parsed to a reason that, sent on, came back as `x` (a LineReader strips
+        // the `\r`). C1 controls such as U+009B (a terminal's CSI) are not escaped by Swift's
+        // debugDescription, so refusing them in the parser is what keeps them out of logs.
+        for line in ["error \u{1B}[2J", "error x\r", "error \u{9B}31m", "pong\t"] {
+            #expect(throws: ProtocolError.notText) { try ServerMessage(line: Array(line.utf8)) }
+        }
+        #expect(throws: ProtocolError.notText) { try ClientMessage(line: Array("ping\0".utf8)) }
     }
 }

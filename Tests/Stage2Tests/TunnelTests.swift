@@ -237,4 +237,11 @@ struct TunnelProtocolTests {
             #expect(try ClientMessage(line: Array(message.encoded.dropLast().utf8)) == message)
         }
     }
+
+    @Test("a reason with a control character is refused: a server cannot write escapes into the client's log")
+    func controlCharacters() {
+        for line in ["closing \u{1B}]0;owned\u{07}", "error \u{85}"] {
+            #expect(throws: ProtocolError.notText) { try Stage2Proxy.ServerMessage(line: Array(line.utf8)) }
+        }
+    }
 }

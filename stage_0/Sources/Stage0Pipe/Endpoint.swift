@@ -23,7 +23,9 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
         } else if host.contains(":") {
             return nil  // an IPv6 address without brackets: where does the port start?
         }
-        guard !host.isEmpty, !host.contains(where: \.isWhitespace) else { return nil }
+        // Brackets belong around an IPv6 address only: a host `[a]` would print as `[a]:80`,
+        // which reads back as host `a`.
+        guard !host.isEmpty, !host.contains(where: { $0.isWhitespace || $0 == "[" || $0 == "]" }) else { return nil }
         self.init(host: String(host), port: port)
     }
 

@@ -55,26 +55,32 @@ public enum ServerMessage: Equatable, Sendable {
 
 /// A line that is not a command this side understands.
 public enum ProtocolError: Error, Equatable, CustomStringConvertible {
-    /// The bytes are not valid UTF-8 text.
+    /// The bytes are not valid UTF-8 text, or hold a control character: none belongs in a
+    /// command, and one in an `error` reason would reach the other side's terminal as is.
     case notText
     /// Text, but not a command we know (or the wrong number of words for it).
     case unknownCommand(String)
 
     public var description: String {
         switch self {
-        case .notText: "the line is not UTF-8 text"
-        // debugDescription quotes the text and escapes control characters, so a peer cannot
-        // write terminal escapes or NUL bytes into our log.
+        case .notText: "the line is not UTF-8 text without control characters"
+        // Quoted, so the log shows where the peer's text starts and ends. It holds no control
+        // characters (`words(of:)` refused them), so a peer cannot write escapes into our log.
         case .unknownCommand(let line): "unknown command \(String(line.prefix(80)).debugDescription)"
         }
     }
 
-    /// Splits a line into words separated by spaces, after checking that it is UTF-8 text.
+    /// Splits a line into words separated by spaces, after checking that it is UTF-8 text
+    /// without control characters: C0 (U+0000-001F, `\r` among them, which a LineReader would
+    /// strip from the end of a re-sent line), DEL and C1 (U+007F-009F), the ones a terminal
+    /// acts on. Compared by value: the same set as Unicode's category Cc, ten times faster.
     public static func words(of line: [UInt8]) throws(ProtocolError) -> [String] {
         // Decoding swaps each invalid byte for U+FFFD, so the bytes survive only if they were
         // UTF-8. (`String(validating:)` says it in one call, but needs macOS 15.)
         let text = String(decoding: line, as: UTF8.self)
-        guard text.utf8.elementsEqual(line) else { throw .notText }
+        guard text.utf8.elementsEqual(line),
+              !text.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) })
+        else { throw .notText }
         return text.split(separator: " ").map(String.init)
     }
 }

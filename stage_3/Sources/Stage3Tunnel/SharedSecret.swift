@@ -38,15 +38,21 @@ public struct SharedSecret: Sendable {
                 guard let line = try reader.readLine(deadline: .now + timeout) else {
                     return .dropped("it closed before authenticating")
                 }
-                guard line.starts(with: Array("auth".utf8)) && (line.count == 4 || line[4] == UInt8(ascii: " ")) else {
-                    return .refused("its first line was not auth <secret>")
-                }
-                guard let value else { return .admitted }
-                return constantTimeEquals(Array(line.dropFirst(5)), Array(value.utf8)) ? .admitted : .refused("wrong secret")
+                return judge(firstLine: line)
             } catch {
                 return .dropped("no auth line: \(error)")
             }
         }
+    }
+
+    /// The verdict on a first line that arrived: `auth <secret>` exactly is admitted (`auth`
+    /// followed by anything, or alone, when the server has no secret); anything else is refused.
+    func judge(firstLine line: [UInt8]) -> Admission {
+        guard line.starts(with: Array("auth".utf8)) && (line.count == 4 || line[4] == UInt8(ascii: " ")) else {
+            return .refused("its first line was not auth <secret>")
+        }
+        guard let value else { return .admitted }
+        return constantTimeEquals(Array(line.dropFirst(5)), Array(value.utf8)) ? .admitted : .refused("wrong secret")
     }
 }
 
