@@ -5,7 +5,8 @@
 //   unchanged and that parses to the same message, encoded the same;
 // - each command is recognized exactly when the line's space-separated words say so: `ping`,
 //   `register`, `proxy <32 lowercase hex digits>`, `pong`, `registered`, `create_proxy <id>
-//   <host:port>` (the id must be exact: a proxy connection is matched to its user by it);
+//   <host:port>` (the id must be exact: a proxy connection is matched to its user by it), and
+//   the pool's `pool <0-16>`, `fill_pool <id>`, `user <host:port>`;
 // - a refused line gives a printable error text (it is logged and echoed to the peer);
 // - ProxyID and Endpoint, on the whole line and on each word: a parsed value prints as text
 //   that parses back to the same value; an id is exactly 32 lowercase hex digits.
@@ -15,6 +16,10 @@ import Stage2Proxy
 
 let ping = Array("ping".utf8), register = Array("register".utf8), proxy = Array("proxy".utf8)
 let pong = Array("pong".utf8), registered = Array("registered".utf8), createProxy = Array("create_proxy".utf8)
+let pool = Array("pool".utf8), fillPool = Array("fill_pool".utf8), user = Array("user".utf8)
+
+/// A word as text, for the fields parsed with Int or Endpoint.
+func text(_ word: [UInt8]) -> String { String(decoding: word, as: UTF8.self) }
 
 func isProxyID(_ word: [UInt8]) -> Bool {
     word.count == 32 && word.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
@@ -32,6 +37,9 @@ func checkClientLine(_ line: [UInt8]) {
         case .ping: require(words == [ping], "ping from \(show(line))")
         case .register: require(words == [register], "register from \(show(line))")
         case .proxy(let id): require(words == [proxy, Array(id.hex.utf8)], "proxy \(id) from \(show(line))")
+        case .pool(let size):
+            require(words.count == 2 && words[0] == pool && Int(text(words[1])) == size && (0...16).contains(size),
+                    "pool \(size) from \(show(line))")
         }
     } catch {
         require(words != [ping] && words != [register] && !(words.count == 2 && words[0] == proxy && isProxyID(words[1])),
@@ -55,6 +63,9 @@ func checkServerLine(_ line: [UInt8]) {
             require(words.count == 3 && words[0] == createProxy && words[1] == Array(id.hex.utf8)
                     && Endpoint(String(decoding: words[2], as: UTF8.self)) == user,
                     "create_proxy \(id) \(user) from \(show(line))")
+        case .fillPool(let id): require(words == [fillPool, Array(id.hex.utf8)], "fill_pool \(id) from \(show(line))")
+        case .user(let address):
+            require(words.count == 2 && words[0] == user && Endpoint(text(words[1])) == address, "user \(address) from \(show(line))")
         case .error, .closing: break
         }
     } catch {
