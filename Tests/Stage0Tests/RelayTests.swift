@@ -68,18 +68,6 @@ final class PairMaker: Sendable {
     }
 }
 
-/// True if reading `connection` ends with a reset (ECONNRESET), not a clean end of stream.
-func endsWithReset(_ connection: Connection) -> Bool {
-    do {
-        _ = try connection.readToEnd()
-        return false
-    } catch let error as SocketError {
-        return error.code == ECONNRESET
-    } catch {
-        return false
-    }
-}
-
 @Suite("Stage 0: both relays keep the rules of a join")
 struct RelayTests {
     @Test("64 MiB each way arrives intact", arguments: Relay.allCases)

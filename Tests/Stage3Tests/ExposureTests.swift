@@ -27,18 +27,6 @@ private func closedWithoutAWord(_ connection: Connection) -> Bool {
     }
 }
 
-/// Reads until the stream ends; true if it ended in a reset rather than a clean end.
-private func endsInReset(_ connection: Connection) -> Bool {
-    do {
-        while try !connection.read(exactly: 65536).isEmpty {}
-        return false
-    } catch let error as SocketError {
-        return error.code == ECONNRESET
-    } catch {
-        return false
-    }
-}
-
 @Suite("Stage 3: exposed to strangers")
 struct ExposureTests {
     @Test("beyond loopback the server needs a secret, unless the operator opts out in so many words")
@@ -174,7 +162,7 @@ struct ExposureTests {
         defer { user.close() }
         try user.write("hello")
         #expect(try user.read(exactly: 5) == Array("hello".utf8))
-        #expect(endsInReset(user))
+        #expect(endsWithReset(user))
         #expect(server.events.wait { if case let .userFinished(_, _, _, error) = $0 { error?.contains("idle timeout") == true } else { false } })
     }
 
@@ -191,7 +179,7 @@ struct ExposureTests {
         defer { user.close() }
         _ = try user.read(exactly: 65536)  // joined; now read nothing more
         #expect(server.events.wait { if case let .userFinished(_, _, _, error) = $0 { error?.contains("stall timeout") == true } else { false } })
-        #expect(endsInReset(user))
+        #expect(endsWithReset(user))
     }
 
     @Test("a client that vanishes (heartbeat timeout): the users joined through it are reset, not ended cleanly")
@@ -208,7 +196,7 @@ struct ExposureTests {
         try user.write("mid-transfer")
         #expect(try proxy.read(exactly: 12) == Array("mid-transfer".utf8))
 
-        #expect(endsInReset(user), "a reset tells the user the transfer failed")
+        #expect(endsWithReset(user), "a reset tells the user the transfer failed")
         #expect(server.events.wait { if case let .controlClosed(_, _, _, reset) = $0 { reset == 1 } else { false } })
     }
 
@@ -224,7 +212,7 @@ struct ExposureTests {
         #expect(try user.read(exactly: 27) == Array("the first half of the reply".utf8))
         control.close()  // as the kernel does for a killed process: in descriptor order
         proxy.close()
-        #expect(endsInReset(user), "the end of the proxy connection came with the end of its client")
+        #expect(endsWithReset(user), "the end of the proxy connection came with the end of its client")
         // Whichever notices first, the relay (the proxy's end came with its client's) or the
         // control connection's thread (its client is gone), the user is reset.
         #expect(server.events.wait { if case let .userFinished(_, _, _, error) = $0 { error != nil } else { false } })

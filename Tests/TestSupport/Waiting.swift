@@ -53,6 +53,19 @@ public final class EventRecorder<Event: Sendable>: @unchecked Sendable {
     }
 }
 
+/// True if reading `connection` ends with a reset (ECONNRESET), not a clean end of stream:
+/// how a user learns that a transfer failed rather than finished.
+public func endsWithReset(_ connection: Connection) -> Bool {
+    do {
+        _ = try connection.readToEnd()
+        return false
+    } catch let error as SocketError {
+        return error.code == ECONNRESET
+    } catch {
+        return false
+    }
+}
+
 extension Connection {
     /// Reads exactly `count` bytes, or fewer if the stream ends first. Fails at the deadline.
     public func read(exactly count: Int, timeout: Duration = testDeadline) throws -> [UInt8] {
