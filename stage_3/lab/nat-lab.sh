@@ -100,6 +100,16 @@ shown() {
     return "$status"
 }
 
+# The user fetches the laptop's page through the tunnel (shown as typed); a failed curl
+# fails the run with $1, which says what the failure means at this point of the story.
+user_gets_the_page() {
+    local page
+    page=$(shown "$NS_USER" curl -sS -m 10 "http://$SERVER_IP:$PUBLIC_PORT/") ||
+        { printf '%s\n' "$page"; fail "$1"; }
+    printf '%s\n' "$page"
+    grep -q "hello from the app on the laptop" <<<"$page" || fail "the user did not get the laptop's page"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Before anything: say clearly what is missing, and how to follow along without it.
 
@@ -434,11 +444,7 @@ cmd_demo() {
     ok "the server only ever sees $ROUTER_WAN_IP: the laptop's address never leaves the LAN"
 
     heading "Check 4: through the tunnel, the user gets the laptop's web app."
-    local page
-    page=$(shown "$NS_USER" curl -sS -m 10 "http://$SERVER_IP:$PUBLIC_PORT/") ||
-        { printf '%s\n' "$page"; fail "the user's curl through the tunnel failed"; }
-    printf '%s\n' "$page"
-    grep -q "hello from the app on the laptop" <<<"$page" || fail "the user did not get the laptop's page"
+    user_gets_the_page "the user's curl through the tunnel failed"
     grep -E '\[(2|3|4)\]' "$STATE/server.log" | tail -n 3 | indent
     ok "the user connected to the server; the server asked the client over the control"
     note "  connection, and the client dialed out again with the proxy connection: every"
@@ -549,11 +555,7 @@ cmd_heartbeat() {
     show_control_flow
     has_control_mapping || fail "the router forgot the control connection despite the heartbeats"
     note "its countdown (the number before ESTABLISHED) starts again at ${IDLE_TIMEOUT} with every ping and pong"
-    local page
-    page=$(shown "$NS_USER" curl -sS -m 10 "http://$SERVER_IP:$PUBLIC_PORT/") ||
-        { printf '%s\n' "$page"; fail "the user was not served although the heartbeats kept the mapping"; }
-    printf '%s\n' "$page"
-    grep -q "hello from the app on the laptop" <<<"$page" || fail "the user did not get the laptop's page"
+    user_gets_the_page "the user was not served although the heartbeats kept the mapping"
     ok "with heartbeats the mapping stayed, and the user was served"
 
     heading "nat-lab heartbeat: both outcomes as predicted."
