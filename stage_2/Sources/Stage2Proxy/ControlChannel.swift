@@ -51,8 +51,10 @@ final class ControlChannel: Sendable {
     /// False once the control connection has ended, or its client has closed its end: then the
     /// client has gone (a client never closes its control connection while it serves users),
     /// and an end of stream from one of its proxy connections is not to be trusted.
+    /// The peek happens under the lock of `joins`: the connection is closed only after
+    /// `endJoins`, so its descriptor cannot have been closed and given to another socket.
     var isAlive: Bool {
-        joins.withLock { $0 != nil } && !connection.peerHasFinished
+        joins.withLock { $0 != nil && !connection.peerHasFinished }
     }
 
     /// Records a join made through this client. False if the client is gone already.
