@@ -7,7 +7,7 @@
 int cep_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 
 int cep_add(int epfd, int fd, uint64_t token) {
-    struct epoll_event event = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = token};
+    struct epoll_event event = {.events = EPOLLIN | EPOLLPRI | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.u64 = token};
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &event);
 }
 

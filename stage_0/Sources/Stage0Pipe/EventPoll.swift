@@ -2,8 +2,9 @@
 // once. Linux has epoll (reached through the small C target CEventPoll, because Glibc's Swift
 // module does not export <sys/epoll.h>); macOS has kqueue, which Darwin exports. Both are used
 // edge-triggered: a socket is reported when it *becomes* readable or writable, once, and the
-// relay then reads or writes until the kernel says EAGAIN. Level-triggered would report a
-// half-closed socket (readable: end of stream) at every wake-up for as long as the pair lives.
+// relay then reads until a read comes back short (the socket is drained) and writes until the
+// kernel takes less than offered. Level-triggered would report a half-closed socket (readable:
+// end of stream) at every wake-up for as long as the pair lives.
 // Like Platform.swift, the two versions sit side by side, mirrored, and nothing else differs.
 
 /// What one wake-up says about one socket.
@@ -15,8 +16,12 @@ struct ReadyEvent {
     /// A write may take something (or fail, if the connection is broken).
     var writable: Bool
     /// The peer has finished sending, or the connection failed: read until `read` returns 0
-    /// or an error, even after a short read.
+    /// or an error, even after a short read (no new event will come for the end of the stream).
     var peerDone: Bool
+    /// TCP urgent data has arrived (a `send` with MSG_OOB; telnet's "interrupt" uses it). A
+    /// read stops short at its mark with more data behind it, so from now on only EAGAIN
+    /// says that this socket is drained.
+    var urgent: Bool
 }
 
 #if canImport(Glibc)
@@ -53,7 +58,8 @@ struct ReadyEvent {
                 token: raw.token,
                 readable: failed || bits & (CEP_READABLE | CEP_PEER_DONE) != 0,
                 writable: failed || bits & CEP_WRITABLE != 0,
-                peerDone: failed || bits & CEP_PEER_DONE != 0)
+                peerDone: failed || bits & CEP_PEER_DONE != 0,
+                urgent: bits & CEP_URGENT != 0)
         }
 
         deinit {
@@ -98,7 +104,8 @@ struct ReadyEvent {
             let isRead = raw.filter == Int16(EVFILT_READ)
             return ReadyEvent(
                 token: UInt64(UInt(bitPattern: raw.udata)),
-                readable: isRead || failed, writable: !isRead || failed, peerDone: failed)
+                readable: isRead || failed, writable: !isRead || failed, peerDone: failed,
+                urgent: true)  // not told apart here: on macOS the relay reads until EAGAIN, always
         }
 
         deinit {

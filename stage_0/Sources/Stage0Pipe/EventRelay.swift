@@ -7,17 +7,22 @@
 // Why servers like nginx and haproxy are built this way: with a thread per direction, every
 // small request through the pipe wakes a thread in the kernel, and under 64 busy connections
 // most of the CPU goes to those context switches; an event loop wakes once for many ready
-// sockets (about ten requests per wake-up under load), and a pair costs two buffers, not two
-// thread stacks. Stage 0's README has the figures. Rejected alternatives: async/await over a
-// reactor (measured no faster, and blocking code elsewhere in a test process can starve
-// Swift's cooperative pool); a DispatchSource per socket (an allocation and a queue hop per
-// event); splice(2) (more system calls per small request, no faster in bulk).
+// sockets (about ten requests per wake-up under load), and a pair costs a few hundred bytes
+// (buffers only while a peer falls behind), not two thread stacks. Stage 0's README has the
+// figures. Rejected alternatives: async/await over a reactor (measured no faster, and
+// blocking code elsewhere in a test process can starve Swift's cooperative pool); a
+// DispatchSource per socket (an allocation and a queue hop per event); splice(2) (more system
+// calls per small request, no faster in bulk).
 //
 // Rules that keep the hot path cheap: sockets are non-blocking and registered once, edge-
-// triggered, for both reading and writing; each pair's two 64 KiB buffers are allocated when the
-// pair starts and freed when it ends; nothing is allocated per event. Backpressure is the same
-// as with threads: a direction reads nothing new while its last chunk is not fully written,
-// so the kernel's socket buffers, not ours, hold what a slow peer has not taken yet.
+// triggered, for both reading and writing; nothing is allocated per event; a read that comes
+// back short means the socket is drained (no extra read just to hear EAGAIN). Memory: a chunk
+// is read into the loop's one 64 KiB buffer and written straight on; only when a peer takes
+// less than all of it does its direction get a 64 KiB buffer of its own for the rest (kept
+// until the pair ends). So a pair whose peers keep up, as most do, costs no buffer at all.
+// Backpressure is the same as with threads: a direction reads nothing new while its last chunk
+// is not fully written, so the kernel's socket buffers, not ours, hold what a slow peer has
+// not taken yet.
 
 import Dispatch
 
@@ -197,23 +202,29 @@ private enum RelayCommand: Sendable {
 /// One connection of a pair, with what the last wake-ups said about it.
 private final class Side {
     let connection: Connection
-    /// A read may return something (edge-triggered: we were told, and have not seen EAGAIN since).
+    /// A read may return something (edge-triggered: we were told, and have not seen it drained since).
     var readable = true
     /// A write may take something.
     var writable = true
     /// The peer has finished sending or the connection failed: read to the end regardless.
     var peerDone = false
+    /// Urgent data has come (`ReadyEvent.urgent`): from now on only EAGAIN says "drained".
+    var urgent = false
 
     init(_ connection: Connection) { self.connection = connection }
+
+    /// Whether a read that filled less than its buffer has drained the socket: yes, unless the
+    /// end of the stream or urgent data may be waiting behind it, with no new wake-up to come.
+    var shortReadDrains: Bool { !peerDone && !urgent }
 }
 
 /// One direction of a pair: what `source` sent that `sink` has not yet taken.
 private final class Direction {
     let source: Side
     let sink: Side
-    /// `joinBufferSize` bytes, allocated with the pair, freed when it ends.
-    var buffer: UnsafeMutableRawBufferPointer
-    /// Bytes `start..<end` of `buffer` are read but not written yet.
+    /// The direction's own buffer, allocated the first time `sink` takes less than a whole
+    /// chunk (nil until then), freed when the pair ends. Bytes `start..<end` of it wait for `sink`.
+    var held: UnsafeMutableRawBufferPointer?
     var start = 0
     var end = 0
     /// Bytes written to `sink`: the pair's `forward` or `backward` count.
@@ -236,37 +247,26 @@ private final class Direction {
         self.source = source
         self.sink = sink
         self.endIsClean = endIsClean
-        buffer = .allocate(byteCount: joinBufferSize, alignment: 1)
     }
 
     func releaseBuffer() {
-        buffer.deallocate()
-        buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+        held?.deallocate()
+        held = nil
     }
 
     /// Moves bytes until `source` has nothing more, `sink` takes nothing more, or this turn's
-    /// reads are used up (then `hasMore`). Returns true if any byte moved; throws the error
-    /// that ends the pair.
-    func pump() throws -> Bool {
+    /// reads are used up (then `hasMore`). `shared` is the loop's buffer, free for this call.
+    /// Returns true if any byte moved; throws the error that ends the pair.
+    func pump(using shared: UnsafeMutableRawBufferPointer) throws -> Bool {
         var moved = false
         var reads = 0
         hasMore = false
         while !done {
-            if start < end {
-                guard sink.writable else { break }
-                let sent = send(sink.connection.fd, buffer.baseAddress! + start, end - start, sendFlags)
-                if sent < 0 {
-                    if errno == EAGAIN || errno == EWOULDBLOCK {
-                        sink.writable = false
-                        break
-                    }
-                    if errno == EINTR { continue }
-                    throw SocketError(call: "write to \(sink.connection.peer)", code: errno)
-                }
+            if let held, start < end {
+                let sent = try deliver(UnsafeRawBufferPointer(rebasing: held[start..<end]))
                 start += sent
-                bytes += sent
-                moved = true
-                if start < end { sink.writable = false }  // a short write: its buffer is full
+                moved = moved || sent > 0
+                if start < end { break }  // `sink` is full: wait until it is writable again
                 continue
             }
             if sourceEnded {
@@ -281,6 +281,9 @@ private final class Direction {
                 break
             }
             reads += 1
+            // Into our own buffer if we have one (its chunk is then written by the branch above),
+            // else into the shared one, which must be empty again before this call returns.
+            let buffer = held ?? shared
             let count = recv(source.connection.fd, buffer.baseAddress, buffer.count, 0)
             if count < 0 {
                 if errno == EAGAIN || errno == EWOULDBLOCK {
@@ -294,12 +297,41 @@ private final class Direction {
                 sourceEnded = true
                 continue
             }
-            (start, end) = (0, count)
             moved = true
-            // Only EAGAIN says the socket is drained. A short read does not: a read stops at
-            // TCP's urgent mark with more data behind it, and no new wake-up would come for that.
+            if count < buffer.count && source.shortReadDrains { source.readable = false }
+            if held != nil {
+                (start, end) = (0, count)
+                continue
+            }
+            let sent = try deliver(UnsafeRawBufferPointer(rebasing: shared[0..<count]))
+            if sent < count {
+                // `sink` is behind: keep the rest in a buffer of this direction's own.
+                let own = held ?? .allocate(byteCount: joinBufferSize, alignment: 1)
+                own.copyMemory(from: UnsafeRawBufferPointer(rebasing: shared[sent..<count]))
+                (held, start, end) = (own, 0, count - sent)
+                break
+            }
         }
         return moved
+    }
+
+    /// Writes as much of `chunk` as `sink` takes now (one `send(2)`), and returns how much that was.
+    private func deliver(_ chunk: UnsafeRawBufferPointer) throws -> Int {
+        guard sink.writable else { return 0 }
+        while true {
+            let sent = send(sink.connection.fd, chunk.baseAddress, chunk.count, sendFlags)
+            if sent >= 0 {
+                if sent < chunk.count { sink.writable = false }  // a short write: its buffer is full
+                bytes += sent
+                return sent
+            }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK {
+                sink.writable = false
+                return 0
+            }
+            throw SocketError(call: "write to \(sink.connection.peer)", code: errno)
+        }
     }
 
     /// True while a chunk waits for `sink` to take it.
@@ -383,6 +415,8 @@ private final class RelayLoop: @unchecked Sendable {
     /// Where results go: one serial queue, so that whatever a caller does with a result (log a
     /// line to a terminal someone paused, say) can hold up other results, never the relaying.
     let results = DispatchQueue(label: "event relay results")
+    /// The one buffer every pair reads into while its peers keep up (see `Direction.held`).
+    let shared = UnsafeMutableRawBufferPointer.allocate(byteCount: joinBufferSize, alignment: 1)
     static let wakeToken = UInt64.max
 
     init() throws {
@@ -430,6 +464,7 @@ private final class RelayLoop: @unchecked Sendable {
                 side.readable = side.readable || event.readable
                 side.writable = side.writable || event.writable
                 side.peerDone = side.peerDone || event.peerDone
+                side.urgent = side.urgent || event.urgent
                 pump(pair)
             }
             let turn = again
@@ -480,8 +515,8 @@ private final class RelayLoop: @unchecked Sendable {
     /// Moves what can be moved both ways, then ends the pair if both directions are over or one failed.
     private func pump(_ pair: RelayPair) {
         do {
-            let movedForward = try pair.forward.pump()
-            let movedBackward = try pair.backward.pump()
+            let movedForward = try pair.forward.pump(using: shared)
+            let movedBackward = try pair.backward.pump(using: shared)
             if pair.forward.done && pair.backward.done {
                 finish(pair, error: nil)
                 return

@@ -17,6 +17,7 @@ struct cep_event {
 /// What `cep_event.events` may contain (the same bits as EPOLLIN and friends).
 enum {
     CEP_READABLE = 0x001,  // EPOLLIN
+    CEP_URGENT = 0x002,    // EPOLLPRI: TCP urgent data has arrived
     CEP_WRITABLE = 0x004,  // EPOLLOUT
     CEP_ERROR = 0x008,     // EPOLLERR
     CEP_HANGUP = 0x010,    // EPOLLHUP: both directions ended
@@ -25,7 +26,7 @@ enum {
 
 /// `epoll_create1(EPOLL_CLOEXEC)`: -1 and errno on failure (on macOS: -1, ENOSYS).
 int cep_create(void);
-/// Watches `fd` for reading and writing, edge-triggered (EPOLLET), tagged with `token`.
+/// Watches `fd` for reading (and urgent data) and writing, edge-triggered (EPOLLET), tagged with `token`.
 int cep_add(int epfd, int fd, uint64_t token);
 /// `epoll_wait`: fills up to `capacity` (at most 256) events; -1 and errno on failure.
 int cep_wait(int epfd, struct cep_event *events, int capacity, int timeout_ms);
