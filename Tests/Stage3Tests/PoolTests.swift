@@ -42,6 +42,23 @@ struct PoolTests {
         #expect(server.events.wait(for: 3, parked), "a used connection is replaced")
     }
 
+    @Test("a user still joined does not keep its pooled connection's place: the pool refills at once")
+    func poolRefillsWhileTheUserStays() throws {
+        let echo = try echoServer()
+        defer { echo.stop() }
+        let server = try RunningServer3()
+        defer { server.stop() }
+        let client = try RunningClient3(app: echo.endpoint, server: server, pool: 1)
+        defer { client.stop() }
+        #expect(server.events.wait(parked))
+        let user = try Connection.connect(to: server.public)
+        defer { user.close() }
+        try user.write("still here")
+        #expect(try user.read(exactly: 10) == Array("still here".utf8))
+        // The server's refill can reach the client before the `user` line that frees the place.
+        #expect(server.events.wait(for: 2, parked), "the pool is refilled while the first user is still joined")
+    }
+
     @Test("an id from fill_pool works for one proxy connection, once")
     func poolIDsAreSingleUse() throws {
         let server = try RunningServer3()
@@ -105,6 +122,7 @@ struct PoolTests {
         let first = try #require(try proxies.accept(unless: never))
         defer { first.close() }
         #expect(try first.readLineForTest()?.hasPrefix("proxy ") == true)
-        #expect(events.wait(for: 4) { if case let .serverError(reason) = $0 { reason.contains("beyond the pool") } else { false } })
+        // One is open, one waits for its place (a refill that overtook a `user` line), three are ignored.
+        #expect(events.wait(for: 3) { if case let .serverError(reason) = $0 { reason.contains("beyond the pool") } else { false } })
     }
 }

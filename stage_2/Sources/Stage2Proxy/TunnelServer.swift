@@ -277,7 +277,8 @@ public final class TunnelServer: Sendable {
     private func takePooledProxy(of channel: ControlChannel, for user: Connection) -> Connection? {
         while true {
             let (pooled, refill) = channel.pool.take()
-            for id in refill { try? channel.send(.fillPool(id)) }
+            // The refill goes out after the user's line: the user waits for neither.
+            defer { for id in refill { try? channel.send(.fillPool(id)) } }
             guard let pooled else { return nil }
             do {
                 try pooled.write(ServerMessage.user(user.peer).encoded, deadline: .now + proxyTimeout)

@@ -49,9 +49,13 @@ public final class TunnelClient: Sendable {
     private let open = Locked<[ObjectIdentifier: Connection]>([:])
     /// Users being served now, against `settings.maxUsers`.
     private let users = Locked(0)
-    /// Pooled proxy connections open or opening, against `settings.pool`: a server (or whoever
-    /// answers in its place) gets no more of them than we asked for.
-    private let pooled = Locked(0)
+    /// The pool on this side: proxy connections open or opening, against `settings.pool`, so a
+    /// server (or whoever answers in its place) gets no more of them than we asked for; and ids
+    /// it sent while all of them were in use (at most `settings.pool` too), opened as soon as a
+    /// place is free. A refill may overtake the `user` line that frees its place, as the server
+    /// sends both at once on different connections: it waits here instead of being lost.
+    private let pool = Locked(PoolPlaces())
+    private struct PoolPlaces { var open = 0; var queued: [ProxyID] = [] }
 
     public init(_ settings: TunnelClientSettings, events: @escaping @Sendable (TunnelClientEvent) -> Void) {
         self.settings = settings
@@ -65,7 +69,10 @@ public final class TunnelClient: Sendable {
         while !stopSignal.isStopped {
             do {
                 let control = try connect(settings.control)
-                defer { release(control) }
+                defer {
+                    release(control)
+                    pool.withLock { $0.queued = [] }  // ids from this connection's server are void now
+                }
                 let ending = try serveControl(control) { failures = 0 }
                 if stopSignal.isStopped { break }
                 events(.controlLost(server: settings.control, reason: ending))
@@ -161,36 +168,68 @@ public final class TunnelClient: Sendable {
     /// its own, which waits there until the server says `user <address>` on it, and then joins
     /// that user to the app. The server closes a pooled connection that waited too long.
     private func openPooledProxy(_ id: ProxyID) {
-        let room = pooled.withLock { count in
-            guard count < settings.pool else { return false }
-            count += 1
-            return true
+        let place = pool.withLock { places -> Bool? in
+            if places.open < settings.pool {
+                places.open += 1
+                return true
+            }
+            guard places.queued.count < settings.pool else { return nil }
+            places.queued.append(id)
+            return false
         }
-        guard room else { return events(.serverError("fill_pool beyond the pool of \(settings.pool) we asked for: ignored")) }
+        switch place {
+        case true?: startPooledProxy(id)
+        case false?: return  // opened when a place is free (leavePool)
+        case nil: events(.serverError("fill_pool beyond the pool of \(settings.pool) we asked for: ignored"))
+        }
+    }
+
+    private func startPooledProxy(_ id: ProxyID) {
         do {
             try startThread("pooled proxy") {
-                defer { self.pooled.withLock { $0 -= 1 } }
-                guard let proxy = try? self.openProxy(id) else { return }
-                let reader = LineReader(proxy, maxLineLength: 64)
-                // The server replaces a pooled connection that waits past its age; one that still
-                // waits twice that long has a server that has gone without a word.
-                let deadline = ContinuousClock.now + ServerLimits().poolMaxAge * 2
-                guard let line = try? reader.readLine(deadline: deadline),
-                    case .user(let user) = try? ServerMessage(line: line)
-                else {
-                    return self.release(proxy)  // closed unused (too old, or the client stopped)
-                }
+                guard let (proxy, user, early) = self.waitInPool(id) else { return }
                 self.events(.pooledUserArrived(user: user, local: proxy.local))
                 guard self.countUser(user) else {
                     proxy.resetWhenClosed()  // the user learns it was turned down, not served
                     return self.release(proxy)
                 }
-                self.joinToApp(proxy, user: user, early: reader.takeBuffered()) { self.users.withLock { $0 -= 1 } }
+                self.joinToApp(proxy, user: user, early: early) { self.users.withLock { $0 -= 1 } }
             }
         } catch {
-            pooled.withLock { $0 -= 1 }
             events(.serverError("cannot keep a pooled proxy connection: \(error)"))
+            leavePool()
         }
+    }
+
+    /// A pooled connection has left the pool (its user came, or it closed unused): its place
+    /// goes to the next queued id, if any.
+    private func leavePool() {
+        let next = pool.withLock { places -> ProxyID? in
+            guard !places.queued.isEmpty else {
+                places.open -= 1
+                return nil
+            }
+            return places.queued.removeFirst()
+        }
+        if let next { startPooledProxy(next) }
+    }
+
+    /// Opens the pooled proxy connection `id` and waits on it for `user <address>`. Returns the
+    /// connection, its user and the user's first bytes if they came along; nil if it closed
+    /// unused. Either way it leaves the pool's count here, as the server refills the pool the
+    /// moment it hands a connection out, not when that connection's user leaves.
+    private func waitInPool(_ id: ProxyID) -> (proxy: Connection, user: Endpoint, early: [UInt8])? {
+        defer { leavePool() }
+        guard let proxy = try? openProxy(id) else { return nil }
+        let reader = LineReader(proxy, maxLineLength: 64)
+        // The server replaces a pooled connection that waits past its age; one that still
+        // waits twice that long has a server that has gone without a word.
+        let deadline = ContinuousClock.now + ServerLimits().poolMaxAge * 2
+        guard let line = try? reader.readLine(deadline: deadline), case .user(let user) = try? ServerMessage(line: line) else {
+            release(proxy)  // closed unused (too old, or the client stopped)
+            return nil
+        }
+        return (proxy, user, reader.takeBuffered())
     }
 
     /// A proxy connection to the server, named `id` in its first line.
