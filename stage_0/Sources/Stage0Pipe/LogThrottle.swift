@@ -17,7 +17,7 @@ public final class LogThrottle: Sendable {
 
     /// The lines to print now for `line` from `source`: the line, after a summary of what was
     /// left out before it; or nothing while `source` is over its budget.
-    public func admit(_ line: String, from source: String, now: ContinuousClock.Instant = .now) -> [String] {
+    public func admit(_ line: @autoclosure () -> String, from source: String, now: ContinuousClock.Instant = .now) -> [String] {
         let source = addressKey(source)
         let allowed = budget.take(source, now: now)
         return leftOut.withLock { state in
@@ -38,7 +38,7 @@ public final class LogThrottle: Sendable {
                 return out
             }
             if let count = state.counts.removeValue(forKey: source) { out.append(summary(source, count)) }
-            out.append(line)
+            out.append(line())
             return out
         }
     }
