@@ -49,7 +49,7 @@ public final class Inspector: @unchecked Sendable {
     private var acceptThread: BackgroundThread<Void>?  // set once, at the end of init
 
     /// Guards everything below. Its `broadcast()` wakes the page threads when there is news.
-    private let condition = NSCondition()
+    private let condition = Condition()
     private var state: LiveState
     private var viewers: [ObjectIdentifier: Viewer] = [:]
     private var connections: [ObjectIdentifier: Connection] = [:]
@@ -109,7 +109,7 @@ public final class Inspector: @unchecked Sendable {
         stopped = true
         for connection in connections.values { connection.shutdownBoth() }
         condition.broadcast()
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = ContinuousClock.now + .seconds(10)
         while !connections.isEmpty && condition.wait(until: deadline) {}
     }
 
@@ -254,8 +254,7 @@ public final class Inspector: @unchecked Sendable {
     private func next(for viewer: Viewer) -> String? {
         condition.lock()
         defer { condition.unlock() }
-        let quietUntil = Date().addingTimeInterval(Double(limits.keepAlive.components.seconds)
-            + Double(limits.keepAlive.components.attoseconds) / 1e18)
+        let quietUntil = ContinuousClock.now + limits.keepAlive
         while viewer.queue.isEmpty && !viewer.dropped && !stopped {
             if !condition.wait(until: quietUntil) { return keepAliveComment }
         }
