@@ -144,7 +144,7 @@ struct InspectorTests {
     func loopbackNamesOnly() throws {
         let inspector = try Inspector(title: "test", on: anyLoopbackPort)
         defer { inspector.stop() }
-        for host in ["localhost:4040", "127.0.0.1", "[::1]:4040"] {
+        for host in ["localhost:4040", "127.0.0.1", "[::1]:4040", "\t localhost \t"] {
             #expect(try HTTPResponse(asking: inspector, "GET /state HTTP/1.1\r\nHost: \(host)\r\n\r\n").status == "HTTP/1.1 200 OK")
         }
         let rebound = try HTTPResponse(asking: inspector, "GET /state HTTP/1.1\r\nHost: attacker.example:4040\r\n\r\n")
