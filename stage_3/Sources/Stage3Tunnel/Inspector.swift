@@ -9,7 +9,6 @@
 //   GET /state   the state as JSON
 //   GET /events  Server-Sent Events: `snapshot` (the state), then one `update` per event
 
-import Foundation
 import Stage0Pipe
 import Stage2Proxy
 
@@ -54,11 +53,6 @@ public final class Inspector: @unchecked Sendable {
     private var viewers: [ObjectIdentifier: Viewer] = [:]
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var stopped = false
-    private let encoder: JSONEncoder = {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]  // readable with curl
-        return encoder
-    }()
 
     /// What one page has not been sent yet.
     private final class Viewer {
@@ -126,7 +120,7 @@ public final class Inspector: @unchecked Sendable {
         guard !viewers.isEmpty else { return }
         let update = LiveUpdate(line: line, step: step, nowMs: now, endpoints: state.endpoints,
                                 control: state.control, user: user)
-        let message = serverSentEvent("update", data: json(update))
+        let message = serverSentEvent("update", data: update.json)
         for viewer in viewers.values {
             if viewer.queue.count >= limits.queuedMessages { viewer.dropped = true } else { viewer.queue.append(message) }
         }
@@ -134,15 +128,10 @@ public final class Inspector: @unchecked Sendable {
     }
 
     /// Call with `condition` held.
-    private func json(_ value: some Encodable) -> String {
-        (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-    }
-
-    /// Call with `condition` held.
     private func snapshot() -> String {
         state.nowMs = nowMs()
         state.viewers = viewers.count
-        return json(state)
+        return state.json
     }
 
     private func nowMs() -> Int {
