@@ -1,6 +1,7 @@
 // State that several threads share lives behind a lock, and only there: a server's table of
 // waiting users, a connection's "closed" flag, a stop switch. Every such value in this
-// repository is a `Locked<Value>`, read and written inside `withLock { }`.
+// repository is a `Locked<Value>`, read and written inside `withLock { }`, or, where threads
+// must sleep until it changes (the live view's pages), behind a `Condition` (Condition.swift).
 //
 // The lock is a plain pthread mutex. ThreadSanitizer sees it, where on Linux it cannot see the
 // standard library's `Synchronization.Mutex`: correctly locked code then gets race reports, and
