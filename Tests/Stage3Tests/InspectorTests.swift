@@ -87,6 +87,24 @@ struct InspectorTests {
         #expect(users.map { $0["user"] as? String } == (6095..<6100).map { "127.0.0.1:\($0)" })
     }
 
+    @Test("the JSON keeps any text whole (quotes, backslashes, control characters) and leaves out what is not known")
+    func jsonText() throws {
+        let inspector = try Inspector(title: "test", on: anyLoopbackPort)
+        defer { inspector.stop() }
+        let user = Endpoint(host: "127.0.0.1", port: 5002)
+        let error = "the app said \"no\" \\ twice\r\n\t\u{1}: see /help, ünïcode ✓"
+        inspector.record(TunnelServerEvent.userConnected(user: user))
+        inspector.record(TunnelServerEvent.askFailed(user: user, error: error))
+        let state = try inspector.state()
+        let row = try #require((state["users"] as? [[String: Any]])?.first)
+        #expect(row["detail"] as? String == error)
+        #expect(row["sent"] == nil, "a byte count not known is left out, not null")
+        #expect((state["log"] as? [String])?.last == "server: \(TunnelServerEvent.askFailed(user: user, error: error))")
+        let body = try HTTPResponse(asking: inspector, "GET /state HTTP/1.1\r\n\r\n").body
+        #expect(!body.unicodeScalars.contains { $0.value < 0x20 }, "one line, as a Server-Sent Event's data must be")
+        #expect(body.contains("see /help"), "slashes as they are, readable with curl")
+    }
+
     @Test("GET /events: the snapshot, then a user passing through the real tunnel, step by step, with its bytes")
     func streamOfAUser() throws {
         let inspector = try Inspector(title: "test", on: anyLoopbackPort)
@@ -144,7 +162,7 @@ struct InspectorTests {
     func loopbackNamesOnly() throws {
         let inspector = try Inspector(title: "test", on: anyLoopbackPort)
         defer { inspector.stop() }
-        for host in ["localhost:4040", "127.0.0.1", "[::1]:4040"] {
+        for host in ["localhost:4040", "127.0.0.1", "[::1]:4040", "\t localhost \t"] {
             #expect(try HTTPResponse(asking: inspector, "GET /state HTTP/1.1\r\nHost: \(host)\r\n\r\n").status == "HTTP/1.1 200 OK")
         }
         let rebound = try HTTPResponse(asking: inspector, "GET /state HTTP/1.1\r\nHost: attacker.example:4040\r\n\r\n")

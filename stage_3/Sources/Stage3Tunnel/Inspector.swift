@@ -9,7 +9,6 @@
 //   GET /state   the state as JSON
 //   GET /events  Server-Sent Events: `snapshot` (the state), then one `update` per event
 
-import Foundation
 import Stage0Pipe
 import Stage2Proxy
 
@@ -49,16 +48,11 @@ public final class Inspector: @unchecked Sendable {
     private var acceptThread: BackgroundThread<Void>?  // set once, at the end of init
 
     /// Guards everything below. Its `broadcast()` wakes the page threads when there is news.
-    private let condition = NSCondition()
+    private let condition = Condition()
     private var state: LiveState
     private var viewers: [ObjectIdentifier: Viewer] = [:]
     private var connections: [ObjectIdentifier: Connection] = [:]
     private var stopped = false
-    private let encoder: JSONEncoder = {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]  // readable with curl
-        return encoder
-    }()
 
     /// What one page has not been sent yet.
     private final class Viewer {
@@ -109,7 +103,7 @@ public final class Inspector: @unchecked Sendable {
         stopped = true
         for connection in connections.values { connection.shutdownBoth() }
         condition.broadcast()
-        let deadline = Date().addingTimeInterval(10)
+        let deadline = ContinuousClock.now + .seconds(10)
         while !connections.isEmpty && condition.wait(until: deadline) {}
     }
 
@@ -126,7 +120,7 @@ public final class Inspector: @unchecked Sendable {
         guard !viewers.isEmpty else { return }
         let update = LiveUpdate(line: line, step: step, nowMs: now, endpoints: state.endpoints,
                                 control: state.control, user: user)
-        let message = serverSentEvent("update", data: json(update))
+        let message = serverSentEvent("update", data: update.json)
         for viewer in viewers.values {
             if viewer.queue.count >= limits.queuedMessages { viewer.dropped = true } else { viewer.queue.append(message) }
         }
@@ -134,15 +128,10 @@ public final class Inspector: @unchecked Sendable {
     }
 
     /// Call with `condition` held.
-    private func json(_ value: some Encodable) -> String {
-        (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-    }
-
-    /// Call with `condition` held.
     private func snapshot() -> String {
         state.nowMs = nowMs()
         state.viewers = viewers.count
-        return json(state)
+        return state.json
     }
 
     private func nowMs() -> Int {
@@ -254,8 +243,7 @@ public final class Inspector: @unchecked Sendable {
     private func next(for viewer: Viewer) -> String? {
         condition.lock()
         defer { condition.unlock() }
-        let quietUntil = Date().addingTimeInterval(Double(limits.keepAlive.components.seconds)
-            + Double(limits.keepAlive.components.attoseconds) / 1e18)
+        let quietUntil = ContinuousClock.now + limits.keepAlive
         while viewer.queue.isEmpty && !viewer.dropped && !stopped {
             if !condition.wait(until: quietUntil) { return keepAliveComment }
         }

@@ -61,12 +61,20 @@ func readRequest(from connection: Connection, limit: Int, deadline: ContinuousCl
     }
     let hostHeader = lines.dropFirst().first { $0.lowercased().hasPrefix("host:") }
     let host = hostHeader.map { header in
-        let value = header.dropFirst(5).trimmingCharacters(in: .whitespaces)
+        let value = trimmingBlanks(header.dropFirst(5))
         // "[::1]:4040" → "::1", "localhost:4040" → "localhost"
         if value.hasPrefix("["), let close = value.firstIndex(of: "]") { return String(value[value.index(after: value.startIndex)..<close]) }
         return String(value.prefix { $0 != ":" })
     }
     return HTTPRequest(path: String(words[1].prefix { $0 != "?" }), host: host)
+}
+
+/// `text` without the spaces and tabs around it: HTTP's optional whitespace, as in `Host:  localhost `.
+func trimmingBlanks(_ text: Substring) -> Substring {
+    let isBlank = { (character: Character) in character == " " || character == "\t" }
+    guard let first = text.firstIndex(where: { !isBlank($0) }), let last = text.lastIndex(where: { !isBlank($0) })
+    else { return "" }
+    return text[first...last]
 }
 
 /// The status line and headers of a response; `length` nil for a stream.

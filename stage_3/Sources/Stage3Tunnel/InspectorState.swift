@@ -2,13 +2,14 @@
 // lines (TunnelServerEvent, TunnelClientEvent), so the page and the log cannot disagree.
 // Step 1 is the control connection's state; steps 2-5 are one row per recent user.
 // Nothing here holds a secret or a payload byte: addresses, step numbers, byte counts, reasons.
+// The page gets these types as JSON, field by field, from InspectorJSON.swift.
 
 import Stage0Pipe
 import Stage2Proxy
 
 /// Everything the page shows. Sent whole as the first message of every stream (`snapshot`),
 /// so a page opened late starts from the present, not from an empty diagram.
-struct LiveState: Codable, Sendable {
+struct LiveState: Sendable {
     /// "server", "client" or "demo": whose events these are.
     var title: String
     var endpoints = Endpoints()
@@ -24,7 +25,7 @@ struct LiveState: Codable, Sendable {
 }
 
 /// The addresses the diagram is labelled with, as far as they are known.
-struct Endpoints: Codable, Sendable {
+struct Endpoints: Sendable {
     var control: String?
     var `public`: String?
     var proxy: String?
@@ -33,7 +34,7 @@ struct Endpoints: Codable, Sendable {
 
 /// Step 1: the control connection. The server knows the client's address, the client knows
 /// the server's; the demo knows both.
-struct ControlState: Codable, Sendable {
+struct ControlState: Sendable {
     /// "waiting", "connected", "authenticated", "registered", "lost", "unreachable", "reconnecting",
     /// "refused".
     var status = "waiting"
@@ -52,7 +53,7 @@ struct ControlState: Codable, Sendable {
 }
 
 /// One user's trip through steps 2-5.
-struct UserRow: Codable, Sendable {
+struct UserRow: Sendable {
     /// Tells apart two users who came from the same address (a reused port).
     let serial: Int
     /// The user's address, as the server saw it (`host:port`).
@@ -74,7 +75,7 @@ struct UserRow: Codable, Sendable {
 /// What one event changed, sent to every page as an `update` message. `line` is the event's
 /// log line; `step` is the `[n]` tag it starts with, so the arrow that flashes is the step
 /// the log names, for event cases added later too.
-struct LiveUpdate: Codable, Sendable {
+struct LiveUpdate: Sendable {
     let line: String
     let step: Int?
     let nowMs: Int
