@@ -118,11 +118,25 @@ struct PoolTests {
         var line = try server.readLineForTest()
         while line == "ping" { line = try server.readLineForTest() }  // the heartbeat starts at once
         #expect(line == "pool 1")
-        try server.write((0..<5).map { _ in "fill_pool \(ProxyID.random())\n" }.joined())
+        let ids = (0..<5).map { _ in ProxyID.random() }
+        try server.write(ids.map { "fill_pool \($0)\n" }.joined())
         let first = try #require(try proxies.accept(unless: never))
         defer { first.close() }
-        #expect(try first.readLineForTest()?.hasPrefix("proxy ") == true)
+        #expect(try first.readLineForTest() == "proxy \(ids[0])")
         // One is open, one waits for its place (a refill that overtook a `user` line), three are ignored.
-        #expect(events.wait(for: 3) { if case let .serverError(reason) = $0 { reason.contains("beyond the pool") } else { false } })
+        let ignored: (TunnelClientEvent) -> Bool = {
+            if case let .serverError(reason) = $0 { reason.contains("beyond the pool") } else { false }
+        }
+        #expect(events.wait(for: 3, ignored))
+
+        // When the first closes unused, its place goes to the id that waited.
+        let stopAccepting = StopSignal()
+        let acceptor = try BackgroundThread("proxy acceptor") { (try? proxies.accept(unless: stopAccepting)) ?? nil }
+        first.close()
+        let second = acceptor.value(timeout: testDeadline) ?? nil
+        stopAccepting.stop()
+        defer { second?.close() }
+        #expect(try second?.readLineForTest() == "proxy \(ids[1])", "the waiting id was opened once a place came free")
+        #expect(events.events.filter(ignored).count == 3, "one open, one waiting, three ignored")
     }
 }

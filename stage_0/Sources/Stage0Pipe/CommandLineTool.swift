@@ -134,7 +134,7 @@ public struct Tool: Sendable {
     /// Writes one log line to standard error, prefixed with the tool's name.
     /// With a `source` (a peer's address), at most a burst of 20 lines and then 5 a second are
     /// written for that source; a line then says how many were left out (LogThrottle.swift).
-    /// A line left out is never even formatted: under a flood, most are.
+    /// A line the rate limit leaves out is not even formatted: under a flood, most are.
     public func log(_ line: @autoclosure () -> String, from source: String? = nil) {
         for line in source.map({ throttle.admit(line(), from: $0) }) ?? [line()] {
             writeLine("\(name): \(line)", to: 2)

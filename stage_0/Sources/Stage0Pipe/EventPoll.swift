@@ -2,7 +2,8 @@
 // once. Linux has epoll (reached through the small C target CEventPoll, because Glibc's Swift
 // module does not export <sys/epoll.h>); macOS has kqueue, which Darwin exports. Both are used
 // edge-triggered: a socket is reported when it *becomes* readable or writable, once, and the
-// relay then reads until a read comes back short (the socket is drained) and writes until the
+// relay then reads until the socket is drained (on Linux, a short read says so unless urgent
+// data or the end of the stream may be behind it; on macOS, only EAGAIN) and writes until the
 // kernel takes less than offered. Level-triggered would report a half-closed socket (readable:
 // end of stream) at every wake-up for as long as the pair lives.
 // Like Platform.swift, the two versions sit side by side, mirrored, and nothing else differs.
@@ -105,7 +106,7 @@ struct ReadyEvent {
             return ReadyEvent(
                 token: UInt64(UInt(bitPattern: raw.udata)),
                 readable: isRead || failed, writable: !isRead || failed, peerDone: failed,
-                urgent: true)  // not told apart here: on macOS the relay reads until EAGAIN, always
+                urgent: true)  // not told apart here: on macOS, a socket is drained when a read says EAGAIN
         }
 
         deinit {

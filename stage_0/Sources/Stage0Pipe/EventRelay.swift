@@ -16,7 +16,8 @@
 //
 // Rules that keep the hot path cheap: sockets are non-blocking and registered once, edge-
 // triggered, for both reading and writing; nothing is allocated per event; a read that comes
-// back short means the socket is drained (no extra read just to hear EAGAIN). Memory: a chunk
+// back short means the socket is drained (no extra read just to hear EAGAIN), except when the
+// end of the stream or TCP urgent data may be waiting behind it (Side.shortReadDrains). Memory: a chunk
 // is read into the loop's one 64 KiB buffer and written straight on; only when a peer takes
 // less than all of it does its direction get a 64 KiB buffer of its own for the rest (kept
 // until the pair ends). So a pair whose peers keep up, as most do, costs no buffer at all.
@@ -59,8 +60,9 @@ public final class EventRelay: Sendable {
         }
     }
 
-    /// Joins `a` and `b` on the loop thread and returns at once; `then` gets the result when
-    /// both directions have ended and both connections are closed. From now on the relay owns
+    /// Joins `a` and `b` (TCP connections: a short read means drained only for TCP) on the loop
+    /// thread and returns at once; `then` gets the result when both directions have ended and
+    /// both connections are closed. From now on the relay owns
     /// both connections (it makes them non-blocking): do not read, write or close them.
     /// `then` runs on a serial queue of the relay's, one result after another, never on the
     /// loop thread: if it blocks (a log written to a terminal someone paused), results wait,
@@ -255,9 +257,9 @@ private final class Direction {
     }
 
     /// Moves bytes until `source` has nothing more, `sink` takes nothing more, or this turn's
-    /// reads are used up (then `hasMore`). `shared` is the loop's buffer, free for this call.
+    /// reads are used up (then `hasMore`). `loopBuffer` is free for this call, and left empty.
     /// Returns true if any byte moved; throws the error that ends the pair.
-    func pump(using shared: UnsafeMutableRawBufferPointer) throws -> Bool {
+    func pump(using loopBuffer: UnsafeMutableRawBufferPointer) throws -> Bool {
         var moved = false
         var reads = 0
         hasMore = false
@@ -282,8 +284,8 @@ private final class Direction {
             }
             reads += 1
             // Into our own buffer if we have one (its chunk is then written by the branch above),
-            // else into the shared one, which must be empty again before this call returns.
-            let buffer = held ?? shared
+            // else into the loop's, which must be empty again before this call returns.
+            let buffer = held ?? loopBuffer
             let count = recv(source.connection.fd, buffer.baseAddress, buffer.count, 0)
             if count < 0 {
                 if errno == EAGAIN || errno == EWOULDBLOCK {
@@ -303,11 +305,11 @@ private final class Direction {
                 (start, end) = (0, count)
                 continue
             }
-            let sent = try deliver(UnsafeRawBufferPointer(rebasing: shared[0..<count]))
+            let sent = try deliver(UnsafeRawBufferPointer(rebasing: loopBuffer[0..<count]))
             if sent < count {
                 // `sink` is behind: keep the rest in a buffer of this direction's own.
-                let own = held ?? .allocate(byteCount: joinBufferSize, alignment: 1)
-                own.copyMemory(from: UnsafeRawBufferPointer(rebasing: shared[sent..<count]))
+                let own = UnsafeMutableRawBufferPointer.allocate(byteCount: joinBufferSize, alignment: 1)
+                own.copyMemory(from: UnsafeRawBufferPointer(rebasing: loopBuffer[sent..<count]))
                 (held, start, end) = (own, 0, count - sent)
                 break
             }
@@ -416,7 +418,8 @@ private final class RelayLoop: @unchecked Sendable {
     /// line to a terminal someone paused, say) can hold up other results, never the relaying.
     let results = DispatchQueue(label: "event relay results")
     /// The one buffer every pair reads into while its peers keep up (see `Direction.held`).
-    let shared = UnsafeMutableRawBufferPointer.allocate(byteCount: joinBufferSize, alignment: 1)
+    /// Allocated when the loop starts running, and never freed: the loop runs for ever.
+    var loopBuffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     static let wakeToken = UInt64.max
 
     init() throws {
@@ -442,6 +445,7 @@ private final class RelayLoop: @unchecked Sendable {
     }
 
     func run(_ commands: Locked<[RelayCommand]>) {
+        loopBuffer = .allocate(byteCount: joinBufferSize, alignment: 1)
         var pending: [RelayCommand] = []
         while true {
             let count: Int
@@ -515,8 +519,8 @@ private final class RelayLoop: @unchecked Sendable {
     /// Moves what can be moved both ways, then ends the pair if both directions are over or one failed.
     private func pump(_ pair: RelayPair) {
         do {
-            let movedForward = try pair.forward.pump(using: shared)
-            let movedBackward = try pair.backward.pump(using: shared)
+            let movedForward = try pair.forward.pump(using: loopBuffer)
+            let movedBackward = try pair.backward.pump(using: loopBuffer)
             if pair.forward.done && pair.backward.done {
                 finish(pair, error: nil)
                 return

@@ -20,6 +20,7 @@ public final class LogThrottle: Sendable {
     public func admit(_ line: @autoclosure () -> String, from source: String, now: ContinuousClock.Instant = .now) -> [String] {
         let source = addressKey(source)
         let allowed = budget.take(source, now: now)
+        let text = allowed ? line() : ""  // formatted outside the lock, and only if it is printed
         return leftOut.withLock { state in
             var out: [String] = []
             // At most once a second, report sources that went quiet with lines left out.
@@ -38,7 +39,7 @@ public final class LogThrottle: Sendable {
                 return out
             }
             if let count = state.counts.removeValue(forKey: source) { out.append(summary(source, count)) }
-            out.append(line())
+            out.append(text)
             return out
         }
     }

@@ -277,7 +277,8 @@ public final class TunnelServer: Sendable {
     private func takePooledProxy(of channel: ControlChannel, for user: Connection) -> Connection? {
         while true {
             let (pooled, refill) = channel.pool.take()
-            // The refill goes out after the user's line: the user waits for neither.
+            // The refill goes out after the user's line, so that the client usually reads the
+            // line that frees a place in its pool before the request to fill it.
             defer { for id in refill { try? channel.send(.fillPool(id)) } }
             guard let pooled else { return nil }
             do {

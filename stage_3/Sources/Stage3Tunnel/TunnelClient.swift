@@ -70,8 +70,8 @@ public final class TunnelClient: Sendable {
             do {
                 let control = try connect(settings.control)
                 defer {
-                    release(control)
                     pool.withLock { $0.queued = [] }  // ids from this connection's server are void now
+                    release(control)
                 }
                 let ending = try serveControl(control) { failures = 0 }
                 if stopSignal.isStopped { break }
@@ -164,9 +164,9 @@ public final class TunnelClient: Sendable {
         joinToApp(proxy, user: user, early: [], done: done)
     }
 
-    /// Step 4 ahead of time, for the pool: opens a proxy connection named `id` on a thread of
-    /// its own, which waits there until the server says `user <address>` on it, and then joins
-    /// that user to the app. The server closes a pooled connection that waited too long.
+    /// Step 4 ahead of time, for the pool: the server sent `fill_pool <id>`. If the pool has a
+    /// place, opens a proxy connection named `id` (`startPooledProxy`); if all are taken, the id
+    /// waits for the next free place; beyond that, it is ignored.
     private func openPooledProxy(_ id: ProxyID) {
         let place = pool.withLock { places -> Bool? in
             if places.open < settings.pool {
@@ -184,6 +184,9 @@ public final class TunnelClient: Sendable {
         }
     }
 
+    /// Opens the pooled connection `id` on a thread of its own, which waits there until the
+    /// server says `user <address>` on it, and then joins that user to the app. The server
+    /// closes a pooled connection that waited too long.
     private func startPooledProxy(_ id: ProxyID) {
         do {
             try startThread("pooled proxy") {
@@ -202,9 +205,10 @@ public final class TunnelClient: Sendable {
     }
 
     /// A pooled connection has left the pool (its user came, or it closed unused): its place
-    /// goes to the next queued id, if any.
+    /// goes to the next queued id, if any, unless the client is stopping.
     private func leavePool() {
         let next = pool.withLock { places -> ProxyID? in
+            if stopSignal.isStopped { places.queued = [] }
             guard !places.queued.isEmpty else {
                 places.open -= 1
                 return nil
