@@ -7,7 +7,8 @@ release first); this file is the driver. Not run by CI: speed is checked here, n
 What is measured. nginx is the app (GETs of a 1 KiB file, keep-alive); a small sink/source
 written here is the app for bulk transfers. Each path sits between the load and the app:
   direct            no relay: the baseline every ratio and "added" latency is taken against
-  haproxy           one hop, C, epoll, one thread: what a production relay costs
+  haproxy           one hop, C, epoll, one thread: what a production relay costs; and two
+                    haproxies in series, the tunnel's shape (two hops) from a production relay
   socat             one hop, a process per connection
   stage0-forwarder  one hop, stage 0's relay
   stage 3           the tunnel: server + client, two hops (no secret: loopback only)
@@ -30,7 +31,8 @@ Columns:
   idle users          N users connect, each sends one GET and reads the answer (so each is
                       joined end to end), then all stay open and silent; held = how many got
                       their answer. Then RSS (MiB) / threads / open fds of the server (the
-                      forwarder, or haproxy) and of the stage 3 client. Fewer users are asked
+                      forwarder, or the first haproxy) and of the stage 3 client (or the
+                      second haproxy). Fewer users are asked
                       for when the machine would run out (the table says which limit): relays
                       with a thread per user need PIDs (`sysctl kernel.pid_max=4194304`), and
                       every relay two descriptors per user (`ulimit -n`, raised when allowed).
@@ -284,15 +286,22 @@ class Path:
         if self.kind == "direct":
             return target, []
         port = free_port()
-        if self.kind == "haproxy":
-            conf = os.path.join(procs.tmp, f"{name}.cfg")
-            with open(conf, "w") as f:
-                maxconn = (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 64) // 2  # two fds each
-                f.write(f"global\n  nbthread 1\n  maxconn {maxconn}\n"
-                        f"defaults\n  mode tcp\n  timeout connect 5s\n"
-                        f"  timeout client 10m\n  timeout server 10m\n"
-                        f"listen relay\n  bind 127.0.0.1:{port}\n  server app 127.0.0.1:{target}\n")
-            started = [procs.start(name, ["haproxy", "-db", "-f", conf], core)]
+        if self.kind in ("haproxy", "haproxy2"):
+            # Two hops: a second haproxy in front of the first, the shape of the tunnel (server
+            # hop + client hop) built from a production relay.
+            hops = [port, free_port()] if self.kind == "haproxy2" else [port]
+            started = []
+            for hop, (listen, forward) in reversed(list(enumerate(zip(hops, hops[1:] + [target])))):
+                conf = os.path.join(procs.tmp, f"{name}-{hop}.cfg")
+                with open(conf, "w") as f:
+                    maxconn = (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 64) // 2  # two fds each
+                    f.write(f"global\n  nbthread 1\n  maxconn {maxconn}\n"
+                            f"defaults\n  mode tcp\n  timeout connect 5s\n"
+                            f"  timeout client 10m\n  timeout server 10m\n"
+                            f"listen relay\n  bind 127.0.0.1:{listen}\n  server app 127.0.0.1:{forward}\n")
+                started.insert(0, procs.start(f"{name}-{hop}", ["haproxy", "-db", "-f", conf], core))
+                wait_until(f"{self.label} listening", lambda: listening(listen), started[0])
+            return port, started
         elif self.kind == "socat":
             started = [procs.start(name, ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,"
                                           f"backlog=4096", f"TCP:127.0.0.1:{target}"], core)]
@@ -608,6 +617,7 @@ def accepts(executable, flag):
 def choose_paths(cfg):
     notes = []
     paths = [Path("direct", "direct", idle=False), Path("haproxy, one hop", "haproxy"),
+             Path("haproxy, two hops", "haproxy2"),
              Path("socat, one hop", "socat", idle=False)]
     if accepts("stage0-forwarder", "--relay"):
         paths += [Path(f"stage0-forwarder ({r})", "forwarder", relay=r, threads_per_user=2 if r == "threads" else 0)
