@@ -127,18 +127,17 @@ public final class Connection: Sendable, CustomStringConvertible {
     /// With a `deadline`, throws `TimeoutError` if the peer makes no room in time; meant for
     /// short messages (a control line), to which a peer that never reads must not hold us.
     public func write(_ bytes: UnsafeRawBufferPointer, deadline: ContinuousClock.Instant? = nil) throws {
-        // With a deadline, each `send` takes only what fits (MSG_DONTWAIT) and we wait for room
-        // in `poll`, which has the deadline; a blocking `send` would wait for all of it.
+        // With a deadline, each `send` takes only what fits (MSG_DONTWAIT), and only when the
+        // socket's buffer is full do we wait for room, in `poll`, which has the deadline; a
+        // blocking `send` would wait for all of it. Trying first saves the `poll` when there is
+        // room, which is nearly always: a protocol line is tiny.
         let flags = deadline == nil ? sendFlags : sendFlags | dontWait
         var sent = 0
         while sent < bytes.count {
-            if let deadline {
-                try waitUntil(fd, events: Int16(POLLOUT), deadline: deadline, waitingFor: "\(peer) to read what we send")
-            }
             do {
                 sent += try systemCall("write to \(peer)") { send(fd, bytes.baseAddress! + sent, bytes.count - sent, flags) }
             } catch let error as SocketError where (error.code == EAGAIN || error.code == EWOULDBLOCK) && deadline != nil {
-                continue  // full again before we got in: back to waiting for room
+                try waitUntil(fd, events: Int16(POLLOUT), deadline: deadline!, waitingFor: "\(peer) to read what we send")
             }
         }
     }
@@ -212,7 +211,7 @@ public final class Connection: Sendable, CustomStringConvertible {
 
 /// Blocks in `poll(2)` until `fd` is ready for `events`, or throws `TimeoutError` at `deadline`.
 /// (Not through `systemCall`: after EINTR the wait must be recomputed, not repeated in full.)
-func waitUntil(_ fd: Int32, events: Int16, deadline: ContinuousClock.Instant, waitingFor: String) throws {
+func waitUntil(_ fd: Int32, events: Int16, deadline: ContinuousClock.Instant, waitingFor: @autoclosure () -> String) throws {
     while true {
         let remaining = ContinuousClock.now.duration(to: deadline)
         let milliseconds = max(0, Int32(clamping: remaining.components.seconds * 1000
@@ -221,6 +220,6 @@ func waitUntil(_ fd: Int32, events: Int16, deadline: ContinuousClock.Instant, wa
         let ready = poll(&entry, 1, milliseconds)
         if ready > 0 { return }
         if ready == -1 && errno != EINTR { throw SocketError(call: "poll", code: errno) }
-        if ready == 0 && remaining <= .zero { throw TimeoutError(waitingFor: waitingFor) }
+        if ready == 0 && remaining <= .zero { throw TimeoutError(waitingFor: waitingFor()) }
     }
 }

@@ -62,16 +62,22 @@ final class ProxyPool: Sendable {
     /// `fill_pool` lines to replace it and any stale or closed ones thrown away on the way.
     func take() -> (proxy: Connection?, refill: [ProxyID]) {
         let now = ContinuousClock.now
-        let (proxy, discarded, refill) = state.withLock { state in
-            var discarded: [Connection] = []
+        var discarded: [Connection] = []
+        let (proxy, refill) = state.withLock { state in
+            // Past its age, a connection is thrown away (and so replaced) wherever it is parked.
             state.parked.removeAll { entry in
-                // Readable means closed: a parked connection says nothing until it has a user.
-                let unfit = entry.since.duration(to: now) >= maxAge || entry.connection.isReadable
-                if unfit { discarded.append(entry.connection) }
-                return unfit
+                let tooOld = entry.since.duration(to: now) >= maxAge
+                if tooOld { discarded.append(entry.connection) }
+                return tooOld
             }
-            let proxy = state.parked.popLast()?.connection  // the newest: the least likely to be stale
-            return (proxy, discarded, newIDs(&state))
+            // The newest first: the least likely to be stale. Readable means closed, since a
+            // parked connection says nothing until it has a user (one `poll` each, so only the
+            // ones we try are asked).
+            var proxy: Connection?
+            while proxy == nil, let entry = state.parked.popLast() {
+                if entry.connection.isReadable { discarded.append(entry.connection) } else { proxy = entry.connection }
+            }
+            return (proxy, newIDs(&state))
         }
         for connection in discarded { connection.close() }
         return (proxy, refill)
