@@ -17,10 +17,10 @@
 // Rules that keep the hot path cheap: sockets are non-blocking and registered once, edge-
 // triggered, for both reading and writing; nothing is allocated per event; a read that comes
 // back short means the socket is drained (no extra read just to hear EAGAIN), except when the
-// end of the stream or TCP urgent data may be waiting behind it (Side.shortReadDrains). Memory: a chunk
-// is read into the loop's one 64 KiB buffer and written straight on; only when a peer takes
-// less than all of it does its direction get a 64 KiB buffer of its own for the rest (kept
-// until the pair ends). So a pair whose peers keep up, as most do, costs no buffer at all.
+// end of the stream or TCP urgent data may be waiting behind it (Side.shortReadDrains).
+// Memory: a chunk is read into the loop's one 64 KiB buffer and written straight on; only when
+// a peer takes less than all of it does its direction get a 64 KiB buffer of its own for the
+// rest (kept until the pair ends). So a pair whose peers keep up, as most do, costs no buffer.
 // Backpressure is the same as with threads: a direction reads nothing new while its last chunk
 // is not fully written, so the kernel's socket buffers, not ours, hold what a slow peer has
 // not taken yet.
@@ -62,8 +62,8 @@ public final class EventRelay: Sendable {
 
     /// Joins `a` and `b` (TCP connections: a short read means drained only for TCP) on the loop
     /// thread and returns at once; `then` gets the result when both directions have ended and
-    /// both connections are closed. From now on the relay owns
-    /// both connections (it makes them non-blocking): do not read, write or close them.
+    /// both connections are closed. From now on the relay owns both connections (it makes them
+    /// non-blocking): do not read, write or close them.
     /// `then` runs on a serial queue of the relay's, one result after another, never on the
     /// loop thread: if it blocks (a log written to a terminal someone paused), results wait,
     /// the relaying does not.
