@@ -98,6 +98,23 @@ struct PoolTests {
         #expect(!server.events.events.contains(where: pooledUse))
     }
 
+    @Test("an id the client never uses is given up after the pool's age, and the pool asks again")
+    func unusedIDsAreGivenUp() throws {
+        var limits = ServerLimits()
+        limits.poolMaxAge = .zero  // every id is already too old by the time a user comes
+        let server = try RunningServer3(limits: limits)
+        defer { server.stop() }
+        let control = try rawClient(server, pool: 1)
+        defer { control.close() }
+        let lost = try nextID(control, "fill_pool")  // and never opened: as if our connect had failed
+
+        let user = try Connection.connect(to: server.public)
+        defer { user.close() }
+        let replacement = try nextID(control, "fill_pool")
+        #expect(replacement != lost, "a new id for the place the lost one held")
+        _ = try nextID(control, "create_proxy")  // the user is asked for as without a pool
+    }
+
     @Test("a client opens no more pooled connections than it asked for, whatever the server says")
     func clientCapsItsPool() throws {
         // A server of our own, typed by hand, that answers `pool 1` with five fill_pool lines.

@@ -23,8 +23,8 @@ final class ProxyPool: Sendable {
 
     private struct State {
         var size = 0
-        /// Ids sent in `fill_pool` whose proxy connection has not come yet.
-        var ids: Set<ProxyID> = []
+        /// Ids sent in `fill_pool` whose proxy connection has not come yet, and when each was sent.
+        var ids: [ProxyID: ContinuousClock.Instant] = [:]
         var parked: [(connection: Connection, since: ContinuousClock.Instant)] = []
         /// The client's control connection has ended: nothing more is parked.
         var ended = false
@@ -39,13 +39,13 @@ final class ProxyPool: Sendable {
     func resize(to size: Int) -> [ProxyID] {
         state.withLock { state in
             state.size = min(size, ProxyPool.maxSize)
-            return newIDs(&state)
+            return newIDs(&state, now: .now)
         }
     }
 
     /// A proxy connection named `id`: true if `id` was one of the pool's, which it no longer is.
     func claim(_ id: ProxyID) -> Bool {
-        state.withLock { $0.ids.remove(id) != nil }
+        state.withLock { $0.ids.removeValue(forKey: id) != nil }
     }
 
     /// Parks a claimed connection until a user takes it; false if the pool has ended (then the
@@ -77,7 +77,7 @@ final class ProxyPool: Sendable {
             while proxy == nil, let entry = state.parked.popLast() {
                 if entry.connection.isReadable { discarded.append(entry.connection) } else { proxy = entry.connection }
             }
-            return (proxy, newIDs(&state))
+            return (proxy, newIDs(&state, now: now))
         }
         for connection in discarded { connection.close() }
         return (proxy, refill)
@@ -87,19 +87,22 @@ final class ProxyPool: Sendable {
     func end() {
         let parked = state.withLock { state in
             state.ended = true
-            state.ids = []
+            state.ids = [:]
             defer { state.parked = [] }
             return state.parked.map(\.connection)
         }
         for connection in parked { connection.close() }
     }
 
-    /// New ids to bring the pool (parked + ids not yet used) back up to its size.
-    private func newIDs(_ state: inout State) -> [ProxyID] {
+    /// New ids to bring the pool (parked + ids not yet used) back up to its size. An id the
+    /// client has not used within `maxAge` never will be (its connection failed, say): it is
+    /// given up, or the pool would stay one short for as long as the client stays.
+    private func newIDs(_ state: inout State, now: ContinuousClock.Instant) -> [ProxyID] {
         guard !state.ended else { return [] }
+        state.ids = state.ids.filter { $0.value.duration(to: now) < maxAge }
         let missing = state.size - state.parked.count - state.ids.count
         let ids = (0..<max(0, missing)).map { _ in ProxyID.random() }
-        state.ids.formUnion(ids)
+        for id in ids { state.ids[id] = now }
         return ids
     }
 }
