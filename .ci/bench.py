@@ -22,20 +22,21 @@ Columns:
                       direct shows its own figures, every other path what it adds (+µs)
   new conn            connect + GET + full response + close, one at a time (a Python client):
                       p50 / p99, added like keep-alive (the client's own cost cancels out)
+  CPU/new conn        CPU time of every relay process during those connections, per connection
   -c64 req/s          `wrk -t1 -c64` keep-alive GETs: requests per second, (×) of direct's
   errors              wrk's socket errors + non-2xx responses during that run
   CPU/req             CPU time (user + system) of every relay process during the -c64 run,
                       divided by the requests served: µs per request, both hops together
-  peak PSS            the largest proportional set size of the relay processes, sampled
+  peak PSS            the peak of the relay processes' total proportional set size, sampled
                       every 0.1 s during the -c64 run (MiB)
   idle users          N users connect, each sends one GET and reads the answer (so each is
                       joined end to end), then all stay open and silent; held = how many got
                       their answer. Then RSS (MiB) / threads / open fds of the server (the
-                      forwarder, or the first haproxy) and of the stage 3 client (or the
-                      second haproxy). Fewer users are asked
-                      for when the machine would run out (the table says which limit): relays
-                      with a thread per user need PIDs (`sysctl kernel.pid_max=4194304`), and
-                      every relay two descriptors per user (`ulimit -n`, raised when allowed).
+                      forwarder, or the haproxy users connect to) and of the stage 3 client
+                      (or the second haproxy). Fewer users are asked for when the machine
+                      would run out (the table says which limit): relays with a thread per
+                      user need PIDs (`sysctl kernel.pid_max=4194304`), and every relay two
+                      descriptors per user (`ulimit -n`, raised when allowed).
 The first table gives medians over the runs; the second the spread (min–max) of the same cells.
 On a busy machine figures move by tens of percent between runs: compare rows of one table.
 nginx answers headers and body in one write (sendfile off, its default); with two writes a
@@ -289,7 +290,9 @@ class Path:
         if self.kind in ("haproxy", "haproxy2"):
             # Two hops: a second haproxy in front of the first, the shape of the tunnel (server
             # hop + client hop) built from a production relay.
-            hops = [port, free_port()] if self.kind == "haproxy2" else [port]
+            hops = [port]
+            while self.kind == "haproxy2" and len(hops) < 2:
+                hops += [p for p in [free_port()] if p != port]
             started = []
             for hop, (listen, forward) in reversed(list(enumerate(zip(hops, hops[1:] + [target])))):
                 conf = os.path.join(procs.tmp, f"{name}-{hop}.cfg")
@@ -510,7 +513,10 @@ def measure(path, procs, cfg, apps, core, tag, r):
         if roots:
             r["cpu_us"] = cpu / load["requests"] * 1e6
             r["pss"] = sampler.peak
+        before = cpu_seconds(roots)
         r["nc_p50"], r["nc_p99"], r["nc_failures"] = new_connection_latency(port, cfg.new_connections)
+        if roots:
+            r["nc_cpu_us"] = (cpu_seconds(roots) - before) / cfg.new_connections * 1e6
         if path.idle and roots:
             users, r["idle_limit"] = idle_capacity(path, cfg.idle_users)
             r["idle_asked"] = users
@@ -588,6 +594,7 @@ def cells(path, runs, direct_runs, spread):
             with_ratio("down", lambda v: f"{v:.0f}"),
             f"{added('ka_p50')} / {added('ka_p99')}",
             f"{added('nc_p50')} / {added('nc_p99')}",
+            figure("nc_cpu_us", lambda v: f"{v:.0f}"),
             with_ratio("rps", lambda v: f"{v:,.0f}"),
             figure("errors", lambda v: f"{v:.0f}"),
             figure("cpu_us", lambda v: f"{v:.1f}"),
@@ -597,7 +604,7 @@ def cells(path, runs, direct_runs, spread):
 
 def table(paths, results, spread):
     header = ["path", "bulk up MB/s", "bulk down MB/s", "keep-alive p50 / p99 µs",
-              "new conn p50 / p99 µs", "-c64 req/s", "errors", "CPU/req µs", "peak PSS MiB",
+              "new conn p50 / p99 µs", "CPU/new conn µs", "-c64 req/s", "errors", "CPU/req µs", "peak PSS MiB",
               "idle users held", "server RSS MiB / threads / fds", "client RSS MiB / threads / fds"]
     rows = [cells(p, results[p.label], results[paths[0].label], spread) for p in paths]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

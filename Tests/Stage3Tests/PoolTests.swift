@@ -110,9 +110,14 @@ struct PoolTests {
 
         let user = try Connection.connect(to: server.public)
         defer { user.close() }
-        let replacement = try nextID(control, "fill_pool")
-        #expect(replacement != lost, "a new id for the place the lost one held")
-        _ = try nextID(control, "create_proxy")  // the user is asked for as without a pool
+        _ = try nextID(control, "fill_pool")  // a new id for the place the lost one held
+        _ = try nextID(control, "create_proxy")  // and the user is asked for as without a pool
+
+        let late = try Connection.connect(to: server.proxy)
+        defer { late.close() }
+        try late.write("proxy \(lost)\n")
+        #expect(try late.readToEnd().isEmpty, "the given-up id is refused")
+        #expect(server.events.wait { if case let .proxyRejected(_, reason) = $0 { reason.contains("not waiting") } else { false } })
     }
 
     @Test("a client opens no more pooled connections than it asked for, whatever the server says")

@@ -136,8 +136,12 @@ public final class Connection: Sendable, CustomStringConvertible {
         while sent < bytes.count {
             do {
                 sent += try systemCall("write to \(peer)") { send(fd, bytes.baseAddress! + sent, bytes.count - sent, flags) }
-            } catch let error as SocketError where (error.code == EAGAIN || error.code == EWOULDBLOCK) && deadline != nil {
-                try waitUntil(fd, events: Int16(POLLOUT), deadline: deadline!, waitingFor: "\(peer) to read what we send")
+            } catch let error as SocketError where error.code == EAGAIN || error.code == EWOULDBLOCK {
+                guard let deadline else { throw error }  // a blocking send timed out (SO_SNDTIMEO)
+                // `poll` may say there is room when TCP's memory is short and `send` finds none:
+                // the deadline is checked here too, so that this loop cannot outlive it.
+                if ContinuousClock.now >= deadline { throw TimeoutError(waitingFor: "\(peer) to read what we send") }
+                try waitUntil(fd, events: Int16(POLLOUT), deadline: deadline, waitingFor: "\(peer) to read what we send")
             }
         }
     }

@@ -9,7 +9,8 @@
 // good for one proxy connection. The cost: n idle connections, and a client thread for each.
 // An idle connection through NAT may be forgotten by a router on the way (stage 1's lesson),
 // and nothing tells us, so a parked connection older than `maxAge` is closed and replaced
-// instead of handed to a user.
+// instead of handed to a user; and an id the client has not used within `maxAge` is given up
+// and replaced too.
 
 import Stage0Pipe
 
@@ -59,7 +60,8 @@ final class ProxyPool: Sendable {
     }
 
     /// The newest parked connection that is still fit for a user, if any, and the ids to send as
-    /// `fill_pool` lines to replace it and any stale or closed ones thrown away on the way.
+    /// `fill_pool` lines to replace it, any stale or closed ones thrown away on the way, and any
+    /// ids the client let expire (`newIDs`).
     func take() -> (proxy: Connection?, refill: [ProxyID]) {
         let now = ContinuousClock.now
         var discarded: [Connection] = []
@@ -96,7 +98,8 @@ final class ProxyPool: Sendable {
 
     /// New ids to bring the pool (parked + ids not yet used) back up to its size. An id the
     /// client has not used within `maxAge` never will be (its connection failed, say): it is
-    /// given up, or the pool would stay one short for as long as the client stays.
+    /// given up here, at the next user or resize, or the pool would stay one short for as long
+    /// as the client stays. (A connection that comes with it later is refused as unknown.)
     private func newIDs(_ state: inout State, now: ContinuousClock.Instant) -> [ProxyID] {
         guard !state.ended else { return [] }
         state.ids = state.ids.filter { $0.value.duration(to: now) < maxAge }

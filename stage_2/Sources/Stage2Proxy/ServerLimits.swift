@@ -26,7 +26,8 @@ public struct ServerLimits: Sendable {
     /// Lines a control connection may get wrong before it is closed: a confused client gets a
     /// few `error` answers, a flood of junk does not get one answer (and log line) per line.
     public var maxProtocolErrors = 3
-    /// How long a pooled proxy connection may wait for a user before it is replaced (ProxyPool.swift).
+    /// How long a pooled proxy connection may wait for a user, and a `fill_pool` id for its
+    /// connection, before either is replaced (ProxyPool.swift).
     public var poolMaxAge: Duration = .seconds(30)
 
     public init() {}
