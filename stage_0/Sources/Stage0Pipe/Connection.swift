@@ -140,8 +140,9 @@ public final class Connection: Sendable, CustomStringConvertible {
                 guard let deadline else { throw error }  // a blocking send timed out (SO_SNDTIMEO)
                 // `poll` may say there is room when TCP's memory is short and `send` finds none:
                 // the deadline is checked here too, so that this loop cannot outlive it.
-                if ContinuousClock.now >= deadline { throw TimeoutError(waitingFor: "\(peer) to read what we send") }
-                try waitUntil(fd, events: Int16(POLLOUT), deadline: deadline, waitingFor: "\(peer) to read what we send")
+                let waitingFor = "\(peer) to read what we send"
+                if ContinuousClock.now >= deadline { throw TimeoutError(waitingFor: waitingFor) }
+                try waitUntil(fd, events: Int16(POLLOUT), deadline: deadline, waitingFor: waitingFor)
             }
         }
     }
