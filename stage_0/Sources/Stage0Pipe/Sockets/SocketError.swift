@@ -14,6 +14,10 @@ public struct SocketError: Error, CustomStringConvertible, Sendable {
         self.code = code
     }
 
+    /// True when a blocking call gave up because the socket's own clock ran out (`SO_RCVTIMEO`,
+    /// `SO_SNDTIMEO`): it fails with EAGAIN (EWOULDBLOCK, the same number on Linux and macOS).
+    public var isTimeout: Bool { code == EAGAIN || code == EWOULDBLOCK }
+
     /// `connect 127.0.0.1:8000: ECONNREFUSED (Connection refused)`
     public var description: String {
         "\(call): \(errnoName(code)) (\(String(cString: strerror(code))))"

@@ -140,60 +140,6 @@ public func eventJoin(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts =
     return outcome.current!
 }
 
-/// Which relay joins pairs: the event loop, or a thread per direction (`--relay`).
-public enum RelayChoice: String, Sendable, CaseIterable {
-    case events, threads
-
-    /// Joins `a` and `b` with this relay. `track` gets the pair, to abort it from another
-    /// thread, before any byte moves; `then` gets it again with the result, once both
-    /// connections are closed. With threads, this blocks until then; with events, it returns
-    /// at once and `then` runs later on the relay's results queue.
-    public func join(
-        _ a: Connection, _ b: Connection, timeouts: JoinTimeouts, endOfBIsClean: (@Sendable () -> Bool)? = nil,
-        track: (any AbortableJoin) -> Void, then: @escaping @Sendable (any AbortableJoin, JoinResult) -> Void
-    ) {
-        switch self {
-        case .threads:
-            let join = Join(a, b, timeouts: timeouts, endOfBIsClean: endOfBIsClean)
-            track(join)
-            then(join, join.run())
-        case .events:
-            do {
-                let pair = try EventRelay.shared.pair(a, b, timeouts: timeouts, endOfBIsClean: endOfBIsClean)
-                track(pair)
-                pair.start { then(pair, $0) }
-            } catch {
-                for connection in [a, b] {
-                    connection.resetWhenClosed()
-                    connection.close()
-                }
-                // No relay (out of descriptors or threads): a Join that never ran stands in
-                // for the pair, which nobody tracked.
-                then(Join(a, b), JoinResult(forward: 0, backward: 0, error: error))
-            }
-        }
-    }
-}
-
-extension Arguments {
-    /// `--relay events|threads`.
-    public mutating func relay(default fallback: RelayChoice) throws -> RelayChoice {
-        guard let text = try value("--relay") else { return fallback }
-        guard let choice = RelayChoice(rawValue: text) else {
-            throw UsageError("--relay expects events or threads, got \"\(text)\"")
-        }
-        return choice
-    }
-}
-
-/// A joined pair that another thread may end: a threaded `Join` or an event relay's pair.
-public protocol AbortableJoin: AnyObject, Sendable {
-    func abort(_ reason: String)
-}
-
-extension Join: AbortableJoin {}
-extension RelayedPair: AbortableJoin {}
-
 private enum RelayCommand: Sendable {
     case start(RelayPair, @Sendable (JoinResult) -> Void)
     case abort(RelayPair, String)

@@ -1,0 +1,30 @@
+// The accept loop every server in this repository runs: each connection gets a thread of its
+// own, so one slow connection never holds up the next. What makes it more than three lines is
+// what goes wrong under load: `accept` itself fails when the process is out of descriptors,
+// and a thread may not start when the process is at its thread limit.
+
+extension Listener {
+    /// The accept loop every server here runs: until `stop`, each connection goes to `handle`
+    /// on a thread of its own, so one slow connection never holds up the next. A failed accept
+    /// (EMFILE: out of descriptors) goes to `onError`, then a short pause, as the connection is
+    /// still queued; one whose thread cannot start (ThreadStartError) is closed and reported.
+    public func acceptEach(
+        unless stop: StopSignal, onError: (any Error) -> Void = { _ in },
+        _ handle: @escaping @Sendable (Connection) -> Void
+    ) {
+        while !stop.isStopped {
+            do {
+                guard let connection = try accept(unless: stop) else { return }
+                do {
+                    try startThread("connection from \(connection.peer), closed at once") { handle(connection) }
+                } catch {
+                    connection.close()
+                    onError(error)
+                }
+            } catch {
+                onError(error)
+                _ = stop.wait(timeout: .milliseconds(100))
+            }
+        }
+    }
+}
