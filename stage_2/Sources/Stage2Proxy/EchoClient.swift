@@ -1,7 +1,6 @@
-// Stage 2's client, on the private machine: steps 1, 3 and 4 of the diagram. It registers
-// over its control connection and keeps it alive (stage 1's heartbeat loop); for every
-// `create_proxy <id>` it opens a proxy connection, names the user with `proxy <id>`, and
-// echoes back whatever the user sends. Stage 3 replaces the echo with the local app.
+// Stage 2's client, on the private machine: steps 1, 3 and 4. It registers and keeps its control
+// connection alive (stage 1's heartbeat loop); for every `create_proxy <id>` it opens a proxy
+// connection, names the user with `proxy <id>`, and echoes. Stage 3 replaces the echo with the app.
 
 import Stage0Pipe
 import Stage1Control
@@ -13,33 +12,9 @@ public struct ClosedByServer: Error, CustomStringConvertible {
     public var description: String { "the server closed the control connection: \(reason)" }
 }
 
-/// What the echo client does, one case per log line.
-public enum EchoClientEvent: Sendable, CustomStringConvertible {
-    case connected(server: Endpoint, local: Endpoint)
-    case registered(server: Endpoint)
-    case proxyRequested(id: ProxyID, user: Endpoint)
-    case proxyOpened(id: ProxyID, local: Endpoint)
-    case proxyFailed(id: ProxyID, error: String)
-    case proxyFinished(id: ProxyID, echoed: Int)
-    case serverError(String)
-
-    public var description: String {
-        switch self {
-        case let .connected(server, local): "[1] control connection open to server \(server) (from \(local))"
-        case .registered(let server): "[1] registered with server \(server): waiting for users"
-        case let .proxyRequested(id, user): "[3] user \(user) connected: the server asks for a proxy connection (id \(id.short))"
-        case let .proxyOpened(id, local): "[4] proxy connection open from \(local) (id \(id.short)); echoing"
-        case let .proxyFailed(id, error): "[4] proxy connection (id \(id.short)) failed: \(error)"
-        case let .proxyFinished(id, echoed): "[5] proxy connection (id \(id.short)) finished: echoed \(echoed) bytes"
-        case .serverError(let reason): "[1] the server answered with an error: \(reason)"
-        }
-    }
-}
-
 /// Registers with the server and echoes every user back to itself.
 public struct EchoClient: Sendable {
-    /// The server's proxy port (60625).
-    public let proxyServer: Endpoint
+    public let proxyServer: Endpoint  // the server's proxy port (60625)
     public let heartbeat: Heartbeat
     public let events: @Sendable (EchoClientEvent) -> Void
 

@@ -1,23 +1,17 @@
-// The control protocol grows: stage 1's `ping`/`pong`, plus what steps 1, 3 and 4 need.
-// Still one line per command, still speakable with `nc`. New in this stage: `register`,
-// `registered`, `create_proxy <id> <user>`, `proxy <id>` and `closing <reason>`; and, for the
-// proxy pool that stage 3's client may ask for (ProxyPool.swift), `pool <n>`,
-// `fill_pool <id>` and `user <user>`.
-// The ids are what make the proxy port safe: see ProxyID below.
+// The control protocol grows: stage 1's `ping`/`pong`, plus what steps 1, 3 and 4 need, still
+// one line per command, speakable with `nc`. New: `register`, `registered`, `create_proxy <id>
+// <user>`, `proxy <id>` and `closing <reason>`; and for stage 3's pool (Pool/), `pool <n>`,
+// `fill_pool <id>` and `user <user>`. The ids make the proxy port safe: see ProxyID below.
 
 import Stage0Pipe
 import Stage1Control
 
 /// A line the client sends: on the control connection, or as the first line of a proxy connection.
 public enum ClientMessage: Equatable, Sendable {
-    /// `ping`: "I'm still here"; the server answers `pong` (stage 1).
-    case ping
-    /// `register`: "send your users to me" (step 1). The newest registered client takes over.
-    case register
-    /// `proxy <id>`: the first line of a proxy connection, naming the user it is for (step 4).
-    case proxy(ProxyID)
-    /// `pool <n>`: "keep n proxy connections of mine ready for users" (0 to 16; ProxyPool.swift).
-    case pool(Int)
+    case ping  // "I'm still here"; the server answers `pong` (stage 1)
+    case register  // "send your users to me" (step 1); the newest registered client takes over
+    case proxy(ProxyID)  // the first line of a proxy connection, naming the user it is for (step 4)
+    case pool(Int)  // "keep n proxy connections of mine ready for users" (0 to 16; Pool/)
 
     public init(line: [UInt8]) throws(ProtocolError) {
         let words = try ProtocolError.words(of: line)
@@ -48,23 +42,15 @@ public enum ClientMessage: Equatable, Sendable {
 
 /// A line the server sends on the control connection.
 public enum ServerMessage: Equatable, Sendable {
-    /// `pong`: the answer to `ping` (stage 1).
-    case pong
-    /// `registered`: the answer to `register`; users will now be sent to this client.
-    case registered
+    case pong  // the answer to `ping` (stage 1)
+    case registered  // the answer to `register`: users will now be sent to this client
     /// `create_proxy <id> <user host:port>`: a user is waiting; open a proxy connection for it
     /// (step 3). The user's address is there so the client can say who is connecting.
     case createProxy(ProxyID, user: Endpoint)
-    /// `error <reason>`: the last line was not understood. The connection stays open.
-    case error(String)
-    /// `closing <reason>`: the server is closing this control connection, and reconnecting
-    /// would not help (another client replaced this one, say).
-    case closing(String)
-    /// `fill_pool <id>`: open a proxy connection named `id` and keep it ready for a user.
-    case fillPool(ProxyID)
-    /// `user <user host:port>`: on a pooled proxy connection, not the control connection: a user
-    /// is joined to this connection from now on; its bytes follow.
-    case user(Endpoint)
+    case error(String)  // the last line was not understood; the connection stays open
+    case closing(String)  // the server closes this connection, and retrying would not help
+    case fillPool(ProxyID)  // open a proxy connection named `id`, and keep it ready for a user
+    case user(Endpoint)  // on a pooled proxy connection: this user's bytes follow
 
     public init(line: [UInt8]) throws(ProtocolError) {
         let words = try ProtocolError.words(of: line)
@@ -102,10 +88,10 @@ public enum ServerMessage: Equatable, Sendable {
     }
 }
 
-/// Names one waiting user: 128 random bits, as 32 hex digits.
-/// ngrok-- paired proxy connections with users by order of arrival, so anyone who connected
-/// to its proxy port first was handed the next user's traffic. Here a proxy connection must
-/// name its user, and a name nobody was told cannot be guessed: 2^128 possibilities.
+/// Names one waiting user: 128 random bits, as 32 hex digits. ngrok-- paired proxy connections
+/// with users by order of arrival, so whoever connected to its proxy port first was handed the
+/// next user's traffic. Here a proxy connection must name its user, and a name nobody was told
+/// cannot be guessed: 2^128 possibilities.
 public struct ProxyID: Hashable, Sendable, CustomStringConvertible {
     public let hex: String
 

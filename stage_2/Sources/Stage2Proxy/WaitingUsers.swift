@@ -1,6 +1,6 @@
-// Between step 2 and step 4, a user waits: connected to the public port, with nowhere to send
-// its bytes until the client's proxy connection arrives. This table holds those users,
-// by id. A proxy connection takes its user out of the table, so an id works once.
+// Between step 2 and step 4, a user waits: connected to the public port, with nowhere to send its
+// bytes until the client's proxy connection comes. This table holds those users by id; a proxy
+// connection takes its user out of the table, so an id works once.
 
 import Dispatch
 import Stage0Pipe
@@ -8,12 +8,10 @@ import Stage0Pipe
 /// A user connection waiting for its proxy connection.
 public final class WaitingUser: Sendable {
     public let connection: Connection
-    /// The client's control connection that was asked for the proxy connection.
-    let askedOver: ControlChannel
-    /// Signalled when the user leaves the table, matched or released.
-    let left = DispatchSemaphore(value: 0)
-    /// Gives the user's place among the server's users back (ServerLimits): called once, by
-    /// whoever took the user out of the table, when done with it.
+    let askedOver: ControlChannel  // the client's control connection that was asked for it
+    let left = DispatchSemaphore(value: 0)  // signalled when the user leaves the table
+    /// Gives the user's place among the server's users back (Limits/): called once, by whoever
+    /// took the user out of the table, when done with it.
     let release: @Sendable () -> Void
 
     init(connection: Connection, askedOver: ControlChannel, release: @escaping @Sendable () -> Void) {
@@ -29,7 +27,7 @@ public final class WaitingUsers: Sendable {
 
     public init() {}
 
-    /// Adds a user under a fresh id and returns the id.
+    /// Adds a user under a fresh id, and returns the id.
     func add(_ user: WaitingUser) -> ProxyID {
         let id = ProxyID.random()
         users.withLock { $0[id] = user }

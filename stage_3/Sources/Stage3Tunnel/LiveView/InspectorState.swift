@@ -88,7 +88,7 @@ extension LiveState {
     /// Folds one server event into the state; returns the row it touched, if any.
     mutating func apply(_ event: TunnelServerEvent, nowMs: Int) -> UserRow? {
         switch event {
-        case let .listening(control, `public`, proxy):
+        case let .listening(control, `public`, proxy, _):
             endpoints.control = "\(control)"
             endpoints.public = "\(`public`)"
             endpoints.proxy = "\(proxy)"

@@ -4,7 +4,7 @@
 import Stage0Pipe
 
 public enum TunnelServerEvent: Sendable, CustomStringConvertible {
-    case listening(control: Endpoint, public: Endpoint, proxy: Endpoint)
+    case listening(control: Endpoint, public: Endpoint, proxy: Endpoint, relay: RelayChoice)
     case acceptFailed(on: Endpoint, error: String)
     /// A new connection to `port` was closed at once: the server is at `limit`.
     case overLimit(peer: Endpoint, port: Endpoint, limit: String)
@@ -58,8 +58,8 @@ public enum TunnelServerEvent: Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .listening(control, `public`, proxy):
-            "listening: control \(control) (step 1), public \(`public`) (step 2), proxy \(proxy) (step 4)"
+        case let .listening(control, `public`, proxy, relay):
+            "listening: control \(control) (step 1), public \(`public`) (step 2), proxy \(proxy) (step 4); relay: \(relay)"
         case let .acceptFailed(endpoint, error):
             "\(error); still listening on \(endpoint)"
         case let .overLimit(peer, port, limit):

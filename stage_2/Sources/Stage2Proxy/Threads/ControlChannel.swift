@@ -1,6 +1,6 @@
 // Step 1 on the server: the registered client's control connection, which every user's thread
 // writes `create_proxy` on (step 3), and the joins made through it (step 5), which must not
-// outlive it. Also `Admission`, the verdict on a new control connection.
+// outlive it.
 
 import Stage0Pipe
 import Stage1Control
@@ -70,11 +70,29 @@ final class ControlChannel: Sendable {
         joins.withLock { _ = $0?.removeValue(forKey: ObjectIdentifier(join)) }
     }
 
-    /// The control connection has ended: returns the joins still running through it, and
-    /// refuses any later `track`.
-    func endJoins() -> [any AbortableJoin] {
-        guard let running = joins.exchange(nil) else { return [] }
-        return Array(running.values)
+    /// The control connection has ended: closes the users still `waiting` for this client (they
+    /// would wait in vain) and, with `resetJoins`, aborts the joins made through it, so that their
+    /// users get a reset (a quiet end of stream could pass for success); refuses any later
+    /// `track`; ends the pool. Returns how many users were closed and reset.
+    func end(releasing waiting: WaitingUsers, resetJoins: Bool, reason: String) -> (released: Int, reset: Int) {
+        pool.end()
+        let released = waiting.takeAll(askedOver: self)
+        for user in released {
+            user.connection.close()
+            user.release()
+        }
+        let running = joins.exchange(nil).map { Array($0.values) } ?? []
+        guard resetJoins else { return (released.count, 0) }
+        for join in running { join.abort("the client's control connection ended: \(reason)") }
+        return (released.count, running.count)
+    }
+
+    /// A newer client took this one's place: tells it so (`closing`), and ends its connection, so
+    /// that its thread wakes up, cleans up and closes it.
+    func replaced(by newer: Endpoint) {
+        wasReplaced.withLock { $0 = true }
+        try? send(.closing("replaced by a newer client, \(newer)"))
+        connection.shutdownBoth()
     }
 
     /// Closes the connection once no one is writing to it; later sends fail.
@@ -85,13 +103,3 @@ final class ControlChannel: Sendable {
         }
     }
 }
-
-/// What `TunnelServer.admit` decides about a new control connection.
-public enum Admission: Sendable, Equatable {
-    case admitted
-    /// Told `closing <reason>`: trying again would not help (a wrong secret, say).
-    case refused(String)
-    /// Closed without a word: a passing failure (too slow, hung up), so a retry may work.
-    case dropped(String)
-}
-

@@ -6,6 +6,7 @@
 // attacker with many addresses, which needs a firewall or a provider's DDoS protection.
 
 import Stage0Pipe
+import Stage1Control
 
 /// The server's limits; each is a flag of `stage2-server` and `stage3-server`.
 public struct ServerLimits: Sendable {
@@ -33,44 +34,18 @@ public struct ServerLimits: Sendable {
     public init() {}
 }
 
-/// Connections counted by source address, under a total and a per-address cap.
-final class ConnectionBudget: Sendable {
-    /// What is counted, for the log: "users", "pending connections".
-    let what: String
-    let total: (limit: Int, flag: String)
-    let perAddress: (limit: Int, flag: String)
-    private let counts = Locked<(total: Int, byAddress: [String: Int])>((0, [:]))
-
-    init(_ what: String, total: (Int, String), perAddress: (Int, String)) {
-        self.what = what
-        self.total = total
-        self.perAddress = perAddress
-    }
-
-    /// Counts one more connection from `host` (by `addressKey`: an IPv6 /64 counts as one
-    /// address), or says which limit it is over (and counts nothing).
-    func take(_ host: String) -> String? {
-        let host = addressKey(host)
-        return counts.withLock { counts in
-            if counts.total >= total.limit {
-                return "already \(total.limit) \(what) (\(total.flag))"
-            }
-            if counts.byAddress[host, default: 0] >= perAddress.limit {
-                return "already \(perAddress.limit) \(what) from \(host) (\(perAddress.flag))"
-            }
-            counts.total += 1
-            counts.byAddress[host, default: 0] += 1
-            return nil
+extension TunnelServer {
+    /// A control connection sent a line we do not understand, its `number`th: answered with an
+    /// `error` line, up to `maxProtocolErrors`. Then the connection is told `closing` and this
+    /// returns why it ends: a confused client gets a few answers, a flood of junk does not get one
+    /// answer (and one log line) per line.
+    func answerWrongLine(_ error: ProtocolError, number: Int, on channel: ControlChannel) throws -> String? {
+        guard number < limits.maxProtocolErrors else {
+            try? channel.send(.closing("too many lines this server does not understand"))
+            return "\(number) lines we do not understand, the last: \(error)"
         }
-    }
-
-    /// Counts one connection from `host` less (one that `take` counted).
-    func give(_ host: String) {
-        let host = addressKey(host)
-        counts.withLock { counts in
-            counts.total -= 1
-            counts.byAddress[host, default: 1] -= 1
-            if counts.byAddress[host] == 0 { counts.byAddress[host] = nil }  // the table stays as small as the load
-        }
+        try channel.send(.error("\(error)"))
+        events(.controlRejected(client: channel.connection.peer, reason: "\(error)"))
+        return nil
     }
 }

@@ -1,0 +1,42 @@
+// Who may register. Stage 2 lets every control connection in; stage 3 asks for a shared secret
+// first (Stage3Tunnel/SharedSecret.swift). The server runs its `admit` check on each new control
+// connection before anything else, counted against the limits, and this is the check's verdict.
+
+import Stage1Control
+
+/// What `TunnelServer.admit` decides about a new control connection.
+public enum Admission: Sendable, Equatable {
+    case admitted
+    /// Told `closing <reason>`: trying again would not help (a wrong secret, say).
+    case refused(String)
+    /// Closed without a word: a passing failure (too slow, hung up), so a retry may work.
+    case dropped(String)
+}
+
+
+extension TunnelServer {
+    /// Step 1's door: counts a new control connection against its limit while `admit` runs, and
+    /// tells a refused client why. True if the client may go on.
+    func admitted(_ channel: ControlChannel, _ reader: LineReader) -> Bool {
+        let connection = channel.connection
+        let peer = connection.peer
+        let admission = budgets.counted(connection, in: budgets.forControl(connection)) { () -> Admission in
+            events(.controlOpened(client: peer))
+            return admit(reader)
+        }
+        switch admission {
+        case nil:
+            return false  // over a limit: closed, and logged
+        case .admitted:
+            events(.controlAdmitted(client: peer))
+            return true
+        case .refused(let reason):
+            try? channel.send(.closing(reason))
+            events(.controlRefused(client: peer, reason: reason))
+            return false
+        case .dropped(let reason):
+            events(.controlClosed(client: peer, reason: reason, releasedUsers: 0, resetUsers: 0))
+            return false
+        }
+    }
+}
