@@ -26,6 +26,22 @@ struct InspectorTests {
         #expect(!response.body.contains("src=\"http"), "no external assets")
     }
 
+    @Test("The server's page says `no reply` for a user who got nothing back, as when the client's app is down")
+    func serverSeesNoReply() throws {
+        let inspector = try Inspector(title: "test", on: anyLoopbackPort)
+        defer { inspector.stop() }
+        let user = Endpoint(host: "127.0.0.1", port: 5002)
+        for event: TunnelServerEvent in [
+            .userConnected(user: user), .proxyMatched(proxy: Endpoint(host: "127.0.0.1", port: 5001), user: user),
+            .userFinished(user: user, sent: 78, received: 0, error: nil),
+        ] {
+            inspector.record(event)
+        }
+        let users = try #require(try inspector.state()["users"] as? [[String: Any]])
+        #expect(users.first?["ending"] as? String == "no reply")
+        #expect((users.first?["detail"] as? String)?.contains("app behind the client down") == true)
+    }
+
     @Test("GET /state: the control connection and each user's step, bytes and ending, as JSON")
     func stateSnapshot() throws {
         let inspector = try Inspector(title: "test", on: anyLoopbackPort)

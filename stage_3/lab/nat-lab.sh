@@ -116,7 +116,7 @@ user_gets_the_page() {
 check_can_run() {
     local missing=()
     [[ $(uname -s) == Linux ]] || missing+=("Linux (network namespaces are a Linux feature)")
-    [[ $(id -u) == 0 ]] || missing+=("root (namespaces, veth links and nftables need it): run it with sudo")
+    [[ $(id -u) == 0 ]] || missing+=("root (namespaces, veth links and nftables need it): run it as root, in a root shell or with sudo")
     command -v ip >/dev/null && ip netns list >/dev/null 2>&1 ||
         missing+=("iproute2's \`ip netns\` (Debian/Ubuntu: apt-get install iproute2)")
     command -v nft >/dev/null || missing+=("nftables' \`nft\` (apt-get install nftables)")

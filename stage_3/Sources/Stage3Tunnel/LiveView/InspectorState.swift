@@ -120,6 +120,11 @@ extension LiveState {
             return end(user, step: 3, "timed out", detail: "no proxy connection within \(after)", nowMs: nowMs)
         case .proxyMatched(_, let user):
             return reach(user, step: 5)  // the proxy connection came (4) and is joined (5)
+        case let .userFinished(user, sent, received, error) where received == 0 && error == nil:
+            // The server cannot see the app. When it is down, the client closes the proxy
+            // connection at once, and all the server sees is a user who got nothing back.
+            return finish(user, sent: sent, received: received, error: nil, nowMs: nowMs, ending: "no reply",
+                          detail: "nothing came back: is the app behind the client down? (the client's page says)")
         case let .userFinished(user, sent, received, error):
             return finish(user, sent: sent, received: received, error: error, nowMs: nowMs)
         default:
@@ -222,12 +227,14 @@ extension LiveState {
     }
 
     /// Step 5 is over. Both ends of the tunnel report it (the demo hears both); they count the
-    /// same bytes, so the second report only confirms the first.
-    private mutating func finish(_ user: Endpoint, sent: Int, received: Int, error: String?, nowMs: Int) -> UserRow? {
+    /// same bytes, so the second report only confirms the first, and a reason either end gave
+    /// (the client's `app down`, say) is kept.
+    private mutating func finish(_ user: Endpoint, sent: Int, received: Int, error: String?, nowMs: Int,
+                                 ending: String = "finished", detail: String? = nil) -> UserRow? {
         guard let index = index(of: user) else { return nil }
         if users[index].ending == nil || users[index].ending == "finished" {
-            users[index].ending = error == nil ? "finished" : "reset"
-            users[index].detail = error
+            users[index].ending = error == nil ? ending : "reset"
+            users[index].detail = error ?? detail
             users[index].endedMs = users[index].endedMs ?? nowMs
         }
         users[index].sent = sent
