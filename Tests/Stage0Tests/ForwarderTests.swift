@@ -26,8 +26,9 @@ final class RunningForwarder: Sendable {
     }
 }
 
-@Suite("Stage 0: the forwarder")
+@Suite("Stage 0: the forwarder", .timeLimit(.minutes(2)))
 struct ForwarderTests {
+    init() { prepareTestProcess() }
     @Test("64 MiB each way arrives intact (client → forwarder → echo server → back)")
     func bulkBothWays() throws {
         let echo = try echoServer()
@@ -40,7 +41,7 @@ struct ForwarderTests {
         let sender = try BackgroundThread("sender") { (try? data.send(to: client)) != nil }
         #expect(try data.receive(from: client))
         #expect(try client.readToEnd().isEmpty, "the stream ends after the echo")
-        #expect(sender.value())
+        #expect(try sender.result())
         client.close()
 
         #expect(forwarder.waitForClosed(1))
@@ -116,7 +117,7 @@ struct ForwarderTests {
         } catch let error as SocketError {
             #expect(error.code == ECONNRESET)
         }
-        sender.value()
+        _ = sender.value(timeout: testDeadline)
         #expect(forwarder.waitForClosed(1))
     }
 

@@ -46,7 +46,6 @@ enum Relay: String, CaseIterable, CustomStringConvertible, Sendable {
 final class PairMaker: Sendable {
     let userSide: Listener
     let appSide: Listener
-    private let never = StopSignal()
 
     init() throws {
         userSide = try Listener(on: anyLoopbackPort)
@@ -56,9 +55,9 @@ final class PairMaker: Sendable {
     /// A new pair of connections to join, with the far end of each: client ⇄ a, b ⇄ app.
     func make() throws -> (client: Connection, a: Connection, b: Connection, app: Connection) {
         let client = try Connection.connect(to: userSide.endpoint)
-        let a = try userSide.accept(unless: never)!
+        let a = try userSide.accept(within: testDeadline)
         let b = try Connection.connect(to: appSide.endpoint)
-        let app = try appSide.accept(unless: never)!
+        let app = try appSide.accept(within: testDeadline)
         return (client, a, b, app)
     }
 
@@ -68,8 +67,9 @@ final class PairMaker: Sendable {
     }
 }
 
-@Suite("Stage 0: both relays keep the rules of a join")
+@Suite("Stage 0: both relays keep the rules of a join", .timeLimit(.minutes(2)))
 struct RelayTests {
+    init() { prepareTestProcess() }
     @Test("64 MiB each way arrives intact", arguments: Relay.allCases)
     func bulkBothWays(relay: Relay) throws {
         let maker = try PairMaker()
@@ -83,10 +83,10 @@ struct RelayTests {
         let sender = try BackgroundThread("sender") { (try? data.send(to: client)) != nil }
         #expect(try data.receive(from: client))
         #expect(try client.readToEnd().isEmpty, "the stream ends after the echo")
-        #expect(sender.value())
+        #expect(try sender.result())
         client.close()
-        echo.value()
-        let result = joined.value()
+        _ = echo.value(timeout: testDeadline)
+        let result = try joined.result()
         #expect(result.forward == data.totalBytes && result.backward == data.totalBytes)
         #expect(result.error == nil)
         #expect(maker.relaySocketsOpen == 0)
@@ -109,7 +109,7 @@ struct RelayTests {
         try client.write("request")
         client.shutdownWrite()
         #expect(try client.readToEnd() == response)
-        appThread.value()
+        _ = appThread.value(timeout: testDeadline)
         #expect(results.wait(for: 1) { $0.error == nil && $0.backward == response.count })
         #expect(maker.relaySocketsOpen == 0)
     }

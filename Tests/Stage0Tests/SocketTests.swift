@@ -5,8 +5,9 @@ import Stage0Pipe
 import TestSupport
 import Testing
 
-@Suite("Stage 0: sockets")
+@Suite("Stage 0: sockets", .timeLimit(.minutes(2)))
 struct SocketTests {
+    init() { prepareTestProcess() }
     @Test("connecting to a closed port fails with an error naming connect and ECONNREFUSED")
     func connectionRefused() throws {
         let closed = try Listener(on: anyLoopbackPort).endpoint  // bound, then released at once
@@ -29,7 +30,7 @@ struct SocketTests {
         #expect(listener.endpoint.port != 0)
         let client = try Connection.connect(to: Endpoint(host: "localhost", port: listener.endpoint.port))
         defer { client.close() }
-        let stop = StopSignal()
+        let stop = try StopSignal()
         let server = try #require(try listener.accept(unless: stop))
         defer { server.close() }
         #expect(server.peer == client.local)
@@ -45,25 +46,38 @@ struct SocketTests {
         #expect(throws: TimeoutError.self) { try client.read(exactly: 1, timeout: .milliseconds(50)) }
     }
 
-    @Test("a write with a deadline gives up on a peer that never reads")
+    @Test("a write with a deadline gives up on a peer that never reads, at its deadline, and leaves the socket as it was")
     func writeDeadline() throws {
         let listener = try Listener(on: anyLoopbackPort)
         let client = try Connection.connect(to: listener.endpoint)
         defer { client.close() }
-        let neverReads = try #require(try listener.accept(unless: StopSignal()))
+        let neverReads = try listener.accept(within: testDeadline)
         defer { neverReads.close() }
+        // A send timeout of the socket's own (as a join's stall clock would be), far past the deadline.
+        client.setTimeouts(receive: nil, send: .seconds(30))
         // Far more than both socket buffers hold, so the write must wait for room that never comes.
         let flood = [UInt8](repeating: 0, count: 64 << 20)
+        let started = ContinuousClock.now
         #expect(throws: TimeoutError.self) { try client.write(flood, deadline: .now + .milliseconds(200)) }
+        let took = started.duration(to: .now)
+        #expect(took >= .milliseconds(200), "not before the deadline")
+        #expect(took < .seconds(10), "at the deadline, not at the socket's own 30 s send timeout")
+        // The path macOS takes too: the socket stayed blocking (no O_NONBLOCK, no MSG_DONTWAIT),
+        // and its own send timeout is back.
+        #expect(fcntl(client.fd, F_GETFL) & O_NONBLOCK == 0)
+        var timeout = timeval()
+        var length = socklen_t(MemoryLayout<timeval>.size)
+        #expect(getsockopt(client.fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, &length) == 0)
+        #expect(timeout.tv_sec == 30)
     }
 
     @Test("a stopped listener's accept returns nil instead of blocking")
     func stopWakesAccept() throws {
         let listener = try Listener(on: anyLoopbackPort)
-        let stop = StopSignal()
+        let stop = try StopSignal()
         let acceptor = try BackgroundThread("acceptor") { (try? listener.accept(unless: stop)) ?? nil }
         stop.stop()
-        #expect(acceptor.value() == nil)
+        #expect(try acceptor.result() == nil)
     }
 
     @Test("host:port parsing", arguments: [

@@ -4,7 +4,7 @@
 import Stage0Pipe
 import Testing
 
-@Suite("Stage 0: rate limits and flags")
+@Suite("Stage 0: rate limits and flags", .timeLimit(.minutes(2)))
 struct ThrottleTests {
     let start = ContinuousClock.now
 

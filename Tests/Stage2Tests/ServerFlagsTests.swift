@@ -5,7 +5,7 @@ import Stage0Pipe
 import Stage2Proxy
 import Testing
 
-@Suite("Stage 2: server flags")
+@Suite("Stage 2: server flags", .timeLimit(.minutes(2)))
 struct ServerFlagsTests {
     @Test("one port given to two listeners is refused, naming both flags")
     func samePortTwice() {

@@ -14,10 +14,11 @@ final class RunningTunnel: Sendable {
     let control: Endpoint
     let `public`: Endpoint
     let proxy: Endpoint
-    private let stopSignal = StopSignal()
+    private let stopSignal: StopSignal
     private let thread: BackgroundThread<Void>
 
     init(proxyTimeout: Duration = .seconds(10), heartbeatTimeout: Duration = .seconds(10)) throws {
+        stopSignal = try StopSignal()
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: 0, publicPort: 0, proxyPort: 0)
         (control, self.public, proxy) = (listeners.control.endpoint, listeners.public.endpoint, listeners.proxy.endpoint)
         var limits = ServerLimits()
@@ -29,7 +30,7 @@ final class RunningTunnel: Sendable {
 
     func stop() {
         stopSignal.stop()
-        thread.value()
+        _ = thread.value(timeout: testDeadline)
     }
 
     /// Waits for an event; true if it came before the deadline.

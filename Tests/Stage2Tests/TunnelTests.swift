@@ -7,8 +7,9 @@ import Stage2Proxy
 import TestSupport
 import Testing
 
-@Suite("Stage 2: public and proxy connections")
+@Suite("Stage 2: public and proxy connections", .timeLimit(.minutes(2)))
 struct TunnelTests {
+    init() { prepareTestProcess() }
     @Test("a user's bytes go through the public port to the client and echo back")
     func echoThroughTunnel() throws {
         let tunnel = try RunningTunnel()
@@ -216,8 +217,9 @@ struct TunnelTests {
     }
 }
 
-@Suite("Stage 2: protocol")
+@Suite("Stage 2: protocol", .timeLimit(.minutes(2)))
 struct TunnelProtocolTests {
+    init() { prepareTestProcess() }
     @Test("ids are 128 random bits as 32 hex digits, and never repeat")
     func ids() {
         let ids = (0..<1000).map { _ in ProxyID.random() }

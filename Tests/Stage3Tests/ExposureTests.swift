@@ -27,8 +27,9 @@ private func closedWithoutAWord(_ connection: Connection) -> Bool {
     }
 }
 
-@Suite("Stage 3: exposed to strangers")
+@Suite("Stage 3: exposed to strangers", .timeLimit(.minutes(2)))
 struct ExposureTests {
+    init() { prepareTestProcess() }
     @Test("beyond loopback the server needs a secret, unless the operator opts out in so many words")
     func secretRequiredBeyondLoopback() throws {
         #expect(throws: UsageError.self) { try checkExposure(host: "0.0.0.0", secret: SharedSecret(nil), insecure: false) }

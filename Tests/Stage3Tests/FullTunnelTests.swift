@@ -8,8 +8,9 @@ import Stage3Tunnel
 import TestSupport
 import Testing
 
-@Suite("Stage 3: the full tunnel")
+@Suite("Stage 3: the full tunnel", .timeLimit(.minutes(2)))
 struct FullTunnelTests {
+    init() { prepareTestProcess() }
     @Test("an HTTP request reaches an app that listens only on the private side")
     func httpRequest() throws {
         let app = try RunningServer(handling: serveDemoApp)
@@ -40,7 +41,7 @@ struct FullTunnelTests {
         let sender = try BackgroundThread("sender") { (try? data.send(to: user)) != nil }
         #expect(try data.receive(from: user))
         #expect(try user.readToEnd().isEmpty)
-        #expect(sender.value())
+        #expect(try sender.result())
     }
 
     @Test("half-close through the whole tunnel: request, shut down the write side, whole response")
@@ -94,9 +95,9 @@ struct FullTunnelTests {
         #expect(client.events.wait { if case let .appUnreachable(_, _, error) = $0 { error.contains("ECONNREFUSED") } else { false } })
 
         let app = try Listener(on: appAddress)
-        let appStop = StopSignal()
+        let appStop = try StopSignal()
         let appThread = try BackgroundThread("app") { app.acceptEach(unless: appStop, serveDemoApp) }
-        defer { appStop.stop(); appThread.value() }
+        defer { appStop.stop(); _ = appThread.value(timeout: testDeadline) }
 
         let later = try Connection.connect(to: server.public)
         defer { later.close() }
@@ -218,8 +219,9 @@ struct FullTunnelTests {
     }
 }
 
-@Suite("Stage 3: back-off and secrets")
+@Suite("Stage 3: back-off and secrets", .timeLimit(.minutes(2)))
 struct BackoffAndSecretTests {
+    init() { prepareTestProcess() }
     @Test("back-off doubles from the first wait up to the cap, each wait cut by 0-50 % jitter")
     func backoff() {
         let backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(1))

@@ -9,8 +9,9 @@ import Stage3Tunnel
 import TestSupport
 import Testing
 
-@Suite("Stage 3: the live view")
+@Suite("Stage 3: the live view", .timeLimit(.minutes(2)))
 struct InspectorTests {
+    init() { prepareTestProcess() }
     @Test("GET / is the page: the five steps in inline SVG, a script that follows /events, nothing external")
     func page() throws {
         let inspector = try Inspector(title: "test", on: anyLoopbackPort)
@@ -370,16 +371,17 @@ private final class EventStreamReader: @unchecked Sendable {
 /// A stage 3 server and client on free loopback ports, both feeding one live view.
 private final class InspectedTunnel: Sendable {
     let `public`: Endpoint
-    private let stopSignal = StopSignal()
+    private let stopSignal: StopSignal
     private let client: TunnelClient
     private let threads: [BackgroundThread<Void>]
 
     init(app: Endpoint, inspector: Inspector) throws {
+        stopSignal = try StopSignal()
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: 0, publicPort: 0, proxyPort: 0)
         self.public = listeners.public.endpoint
         let server = TunnelServer { inspector.record($0) }
         let registered = EventRecorder<TunnelClientEvent>()
-        let client = TunnelClient(TunnelClientSettings(localApp: app, control: listeners.control.endpoint,
+        let client = try TunnelClient(TunnelClientSettings(localApp: app, control: listeners.control.endpoint,
                                                        proxy: listeners.proxy.endpoint)) { event in
             inspector.record(event)
             registered.handler(event)

@@ -19,8 +19,9 @@ private func rawClient(_ server: RunningServer3, pool size: Int) throws -> Conne
     return control
 }
 
-@Suite("Stage 3: the proxy pool")
+@Suite("Stage 3: the proxy pool", .timeLimit(.minutes(2)))
 struct PoolTests {
+    init() { prepareTestProcess() }
     @Test("users take pooled proxy connections, and the pool is refilled behind them")
     func usersTakePooledConnections() throws {
         let echo = try echoServer()
@@ -125,14 +126,13 @@ struct PoolTests {
         // A server of our own, typed by hand, that answers `pool 1` with five fill_pool lines.
         let control = try Listener(on: anyLoopbackPort)
         let proxies = try Listener(on: anyLoopbackPort)
-        let never = StopSignal()
         var settings = TunnelClientSettings(localApp: anyLoopbackPort, control: control.endpoint, proxy: proxies.endpoint)
         settings.pool = 1
         let events = EventRecorder<TunnelClientEvent>()
-        let client = TunnelClient(settings, events: events.handler)
+        let client = try TunnelClient(settings, events: events.handler)
         let running = try BackgroundThread("client") { try? client.run() }
         defer { client.stop(); _ = running.value(timeout: testDeadline) }
-        let server = try #require(try control.accept(unless: never))
+        let server = try control.accept(within: testDeadline)
         defer { server.close() }
         #expect(try server.readLineForTest() == "auth")
         #expect(try server.readLineForTest() == "register")
@@ -142,7 +142,7 @@ struct PoolTests {
         #expect(line == "pool 1")
         let ids = (0..<5).map { _ in ProxyID.random() }
         try server.write(ids.map { "fill_pool \($0)\n" }.joined())
-        let first = try #require(try proxies.accept(unless: never))
+        let first = try proxies.accept(within: testDeadline)
         defer { first.close() }
         #expect(try first.readLineForTest() == "proxy \(ids[0])")
         // One is open, one waits for its place (a refill that overtook a `user` line), three are ignored.
@@ -152,7 +152,7 @@ struct PoolTests {
         #expect(events.wait(for: 3, ignored))
 
         // When the first closes unused, its place goes to the id that waited.
-        let stopAccepting = StopSignal()
+        let stopAccepting = try StopSignal()
         let acceptor = try BackgroundThread("proxy acceptor") { (try? proxies.accept(unless: stopAccepting)) ?? nil }
         first.close()
         let second = acceptor.value(timeout: testDeadline) ?? nil

@@ -14,12 +14,13 @@ final class RunningServer3: Sendable {
     let control: Endpoint
     let `public`: Endpoint
     let proxy: Endpoint
-    private let stopSignal = StopSignal()
+    private let stopSignal: StopSignal
     private let thread: BackgroundThread<Void>
 
     init(secret: String? = nil, ports: (control: UInt16, public: UInt16, proxy: UInt16) = (0, 0, 0),
          authTimeout: Duration = .seconds(5), limits: ServerLimits = ServerLimits(),
          heartbeatTimeout: Duration = Heartbeat.standard.timeout, guesses: GuessLimit = GuessLimit()) throws {
+        stopSignal = try StopSignal()
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: ports.control, publicPort: ports.public,
                                             proxyPort: ports.proxy)
         (control, self.public, proxy) = (listeners.control.endpoint, listeners.public.endpoint, listeners.proxy.endpoint)
@@ -34,7 +35,7 @@ final class RunningServer3: Sendable {
     /// Stops the server as if its process had exited: listeners and control connection closed.
     func stop() {
         stopSignal.stop()
-        thread.value()
+        _ = thread.value(timeout: testDeadline)
     }
 
     var ports: (control: UInt16, public: UInt16, proxy: UInt16) { (control.port, self.public.port, proxy.port) }
@@ -52,7 +53,7 @@ final class RunningClient3: Sendable {
         settings.pool = pool
         settings.relay = relayUnderTest
         settings.backoff = Backoff(initial: .milliseconds(20), maximum: .milliseconds(200))
-        let client = TunnelClient(settings, events: events.handler)
+        let client = try TunnelClient(settings, events: events.handler)
         self.client = client
         thread = try BackgroundThread("tunnel client") {
             do throws(ClosedByServer) {

@@ -15,6 +15,13 @@ public let secondLoopbackAddressWorks: Bool = {
     return true
 }()
 
+/// What every suite's `init` calls before its test runs: raise the descriptor limit as the
+/// programs do (macOS starts processes with a soft limit of 256, and tests here open hundreds of
+/// connections at once, in parallel). Cheap, so calling it for every test is fine.
+public func prepareTestProcess() {
+    raiseDescriptorLimit()
+}
+
 /// Loopback, port 0: "any free port", read back from `Listener.endpoint`.
 public let anyLoopbackPort = Endpoint(host: "127.0.0.1", port: 0)
 
@@ -27,7 +34,7 @@ public final class RunningServer: Sendable {
     /// Binds a listener on a free loopback port and runs `serve` with it on a new thread.
     public init(_ name: String, _ serve: @escaping @Sendable (Listener, StopSignal) -> Void) throws {
         let listener = try Listener(on: anyLoopbackPort)
-        let stopSignal = StopSignal()
+        let stopSignal = try StopSignal()
         self.endpoint = listener.endpoint
         self.stopSignal = stopSignal
         self.thread = try BackgroundThread(name) { serve(listener, stopSignal) }
@@ -40,7 +47,7 @@ public final class RunningServer: Sendable {
 
     public func stop() {
         stopSignal.stop()
-        thread.value()
+        _ = thread.value(timeout: testDeadline)
     }
 }
 

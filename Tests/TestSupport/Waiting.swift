@@ -95,3 +95,34 @@ extension Connection {
         }
     }
 }
+
+/// A wait in a test that ran past its deadline: the test fails, where it would otherwise hang.
+public struct TestTimedOut: Error, CustomStringConvertible {
+    public let waitingFor: String
+    public var description: String { "test timed out waiting for \(waitingFor)" }
+}
+
+extension BackgroundThread {
+    /// The thread's result, or `TestTimedOut` if it has not finished within `timeout`.
+    public func result(within timeout: Duration = testDeadline) throws -> Result {
+        guard let value = value(timeout: timeout) else { throw TestTimedOut(waitingFor: "a thread to finish") }
+        return value
+    }
+}
+
+extension Listener {
+    /// The next connection, or `TestTimedOut` if none comes within `timeout`.
+    public func accept(within timeout: Duration = testDeadline) throws -> Connection {
+        let deadline = try StopSignal()
+        let timer = try BackgroundThread("accept deadline") { [deadline] in
+            _ = deadline.wait(timeout: timeout)
+            deadline.stop()
+        }
+        defer {
+            deadline.stop()
+            timer.value()
+        }
+        guard let connection = try accept(unless: deadline) else { throw TestTimedOut(waitingFor: "a connection") }
+        return connection
+    }
+}

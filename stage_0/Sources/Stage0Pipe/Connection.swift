@@ -58,7 +58,8 @@ public final class Connection: Sendable, CustomStringConvertible {
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         var sent = 0
         while sent < bytes.count {
-            sent += try systemCall("write to \(peer)") { send(fd, bytes.baseAddress! + sent, bytes.count - sent, sendFlags) }
+            let rest = UnsafeRawBufferPointer(rebasing: bytes[sent...])
+            sent += try systemCall("write to \(peer)") { send(fd, rest.baseAddress, rest.count, sendFlags) }
         }
     }
 

@@ -15,9 +15,10 @@ public enum ForwarderEvent: Sendable, CustomStringConvertible {
         case let .started(listening, target, relay):
             "listening on \(listening), forwarding each connection to \(target) (relay: \(relay))"
         case let .opened(client, target): "opened: \(client) → \(target)"
-        case let .targetUnreachable(client, error): "closed \(client): cannot reach the target: \(error) — is it running?"
+        case let .targetUnreachable(client, error):
+            "closed \(client): cannot reach the target: \(error) — is it running?"
         case let .closed(client, sent, received, error):
-            "closed \(client): sent \(sent) bytes, received \(received) bytes" + (error.map { " (ended by \($0))" } ?? "")
+            "closed \(client): sent \(sent) bytes, received \(received) bytes" + (error.map { " (by \($0))" } ?? "")
         case let .acceptFailed(error): "accept failed: \(error); still listening"
         }
     }
@@ -26,7 +27,7 @@ public enum ForwarderEvent: Sendable, CustomStringConvertible {
 /// Joins every accepted connection to `target`.
 public struct Forwarder: Sendable {
     public let target: Endpoint
-    /// `.threads` (Join.swift) by default here, the one to read first; `--relay events` for the event loop.
+    /// `.threads` by default here: `relay.join` is then Join.swift's `join` (Relay/RelayChoice.swift).
     public let relay: RelayChoice
     public let events: @Sendable (ForwarderEvent) -> Void
 

@@ -6,7 +6,7 @@
 // other side's write half is shut down and the opposite direction goes on, so a client that has
 // sent its whole request still gets the answer. Failure: a reset or a failed write ends both
 // directions, and both peers get a reset (RST), never a FIN that makes a cut transfer look whole.
-// Read later: timeouts (Limits/JoinTimeouts.swift), `abort` (Relay/RelayChoice.swift).
+// Elsewhere: timeouts (Limits/JoinTimeouts.swift), `abort` (Relay/), threads (Threads/), resets (Sockets/).
 
 /// Bytes each way (`forward`: a → b), and whatever ended both directions at once (a reset,
 /// a timeout), or nil when both sides just finished.
@@ -19,15 +19,13 @@ public struct JoinResult: Sendable {
 /// How much one direction reads at a time: 64 KiB moves bulk data at full loopback speed.
 public let joinBufferSize = 64 * 1024
 
-/// Copies bytes both ways until both directions end, then closes both connections. The calling
-/// thread copies a → b while a second thread copies b → a.
+/// Copies both ways until both directions end, then closes both: this thread a → b, a second b → a.
 @discardableResult
 public func join(_ a: Connection, _ b: Connection, timeouts: JoinTimeouts = .none) -> JoinResult {
     Join(a, b, timeouts: timeouts).run()
 }
 
-/// One direction on its own: read from `source`, write all of it to `sink`, until `source`
-/// ends. With the same connection on both sides, `copy(from: c, to: c)` is an echo.
+/// One direction on its own, until `source` ends. `copy(from: c, to: c)` is an echo.
 public func copy(from source: Connection, to sink: Connection) -> (bytes: Int, error: (any Error)?) {
     Join(source, sink).copy(from: source, to: sink)
 }

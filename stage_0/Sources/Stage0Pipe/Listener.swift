@@ -1,6 +1,5 @@
-// A listening TCP socket: where a server waits for connections. Stage 0's forwarder has one;
-// the tunnel server of later stages has three (control, public, proxy). Bind to port 0 and read
-// `endpoint.port` back for a free port: that is how every test starts a server.
+// A listening TCP socket: where a server waits for connections (the tunnel's server has three).
+// Bind to port 0 and read `endpoint.port` back for a free port: how every test starts a server.
 // The accept loop, with a thread per connection, is Threads/AcceptLoop.swift.
 
 /// A socket bound to a local address and listening (`socket`, `bind`, `listen`).
@@ -37,7 +36,8 @@ public final class Listener: Sendable {
     /// The next connection (`accept(2)`), or nil once `stop` is signalled: a `poll(2)` waits for both.
     public func accept(unless stop: StopSignal) throws -> Connection? {
         while true {
-            var entries = [pollfd(fd: fd, events: pollIn, revents: 0), pollfd(fd: stop.readFD, events: pollIn, revents: 0)]
+            var entries = [pollfd(fd: fd, events: pollIn, revents: 0),
+                           pollfd(fd: stop.readFD, events: pollIn, revents: 0)]
             try systemCall("poll") { poll(&entries, 2, -1) }
             if entries[1].revents != 0 { return nil }
             if entries[0].revents == 0 { continue }

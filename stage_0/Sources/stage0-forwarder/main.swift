@@ -31,6 +31,6 @@ let (listenOn, relay, target) = tool.parse { arguments in
 
 let listener = tool.listen { try Listener(on: listenOn) }
 
-let stop = StopSignal()
+let stop = tool.need { try StopSignal() }
 stop.stopOnInterrupt { tool.logStopping() }
 Forwarder(target: target, relay: relay) { tool.log($0.description) }.run(listener, stop: stop)

@@ -21,7 +21,8 @@ public enum ControlServerEvent: Sendable, CustomStringConvertible {
         case .acceptFailed(let error): "[1] accept failed: \(error); still listening"
         case .opened(let client): "[1] control connection opened by client \(client)"
         case .ping(let client): "[1] ping from client \(client), answered pong"
-        case let .rejected(client, reason): "[1] client \(client) sent a line we do not understand (\(reason)); answered with an error line"
+        case let .rejected(client, reason):
+            "[1] client \(client) sent a line we do not understand (\(reason)); answered with an error line"
         case let .closed(client, reason): "[1] control connection from client \(client) closed: \(reason)"
         }
     }

@@ -18,17 +18,6 @@ public struct Heartbeat: Sendable {
 
     /// Ping every 5 s; give up after 15 s of silence, three missed answers.
     public static let standard = Heartbeat(interval: .seconds(5), timeout: .seconds(15))
-
-    /// A client's `--interval` and `--timeout` flags. The timeout must be longer than the
-    /// interval: otherwise a healthy server is given up on before it is even asked.
-    public static func fromFlags(_ arguments: inout Arguments) throws -> Heartbeat {
-        let heartbeat = Heartbeat(interval: try arguments.duration("--interval", default: standard.interval),
-                                  timeout: try arguments.duration("--timeout", default: standard.timeout))
-        guard heartbeat.timeout > heartbeat.interval else {
-            throw UsageError("--timeout (\(heartbeat.timeout)) must be longer than --interval (\(heartbeat.interval))")
-        }
-        return heartbeat
-    }
 }
 
 /// How a client's control connection ended, when it ended without an error.

@@ -26,7 +26,7 @@ let (server, heartbeat) = tool.parse { arguments in
     return (server, heartbeat)
 }
 
-StopSignal().stopOnInterrupt {
+tool.need { try StopSignal() }.stopOnInterrupt {
     tool.logStopping()
     exit(0)
 }

@@ -26,6 +26,6 @@ let (listenOn, timeout) = tool.parse { arguments in
 }
 
 let listener = tool.listen { try Listener(on: listenOn) }
-let stop = StopSignal()
+let stop = tool.need { try StopSignal() }
 stop.stopOnInterrupt { tool.logStopping() }
 ControlServer(timeout: timeout) { tool.log($0.description) }.run(listener, stop: stop)

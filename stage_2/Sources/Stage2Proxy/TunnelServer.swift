@@ -4,8 +4,7 @@
 //                   step 3: the server writes `create_proxy <id>` on the control connection
 //   proxy   :60625  step 4: the client's proxy connection names the id in its first line,
 //                   and is joined to that user (step 5, with stage 0's join)
-// Every connection has its own thread. Read later: the limits against strangers (Limits/), stage
-// 3's pool (Pool/), the log lines (Log/), and the control connection's lock (Threads/).
+// Each connection has its own thread. For later, in rooms: Limits/, Pool/ (stage 3's), Log/, Control/.
 
 import Dispatch
 import Stage0Pipe
@@ -151,12 +150,13 @@ public final class TunnelServer: Sendable {
     func serveProxy(_ proxy: Connection) {
         let reader = LineReader(proxy, maxLineLength: 64)
         let channel = client.current
-        guard let named = budgets.counted(proxy, in: budgets.forProxy(proxy), { readProxyID(proxy, reader) }),
-              let id = named else { return }
+        let budget = budgets.forProxy(proxy)  // Limits/
+        guard let id = budgets.counted(proxy, in: budget, { readProxyID(proxy, reader) }) else { return }
         if let user = waiting.take(id) {
             events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
             // Bytes that came right after the `proxy <id>` line are the start of the user's data.
-            joinUser(user.connection, to: proxy, early: reader.takeBuffered(), through: user.askedOver, done: user.release)
+            joinUser(user.connection, to: proxy, early: reader.takeBuffered(), through: user.askedOver,
+                     done: user.release)
         } else if !parkIfPooled(proxy, id: id, reader: reader, channel: channel) {  // Pool/
             reject(proxy, "id \(id.short) is not waiting: never issued, expired, or already used")
         }
@@ -173,10 +173,10 @@ public final class TunnelServer: Sendable {
             done()
             return events(.userFinished(user: user.peer, sent: 0, received: 0, error: "\(error)"))
         }
-        // A client killed with `kill -9` ends its control and proxy connections at once: the user
-        // must get a reset, not a clean end (`endOfBIsClean`). With the event relay this returns
-        // at once and the thread ends: no thread per joined user.
-        limits.relay.join(user, proxy, timeouts: limits.joinTimeouts, endOfBIsClean: { channel.isAlive }, track: { join in
+        // Stage 0's relay (Relay/RelayChoice.swift). If the client is killed, the user gets a reset,
+        // not a clean end (`endOfBIsClean`); with the event relay, no thread stays per joined user.
+        limits.relay.join(user, proxy, timeouts: limits.joinTimeouts, endOfBIsClean: { channel.isAlive },
+                          track: { join in
             if !channel.track(join) { join.abort("the client's control connection had ended") }
         }, then: { [events] join, result in
             channel.untrack(join)

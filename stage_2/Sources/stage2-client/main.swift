@@ -33,7 +33,7 @@ let (control, proxy, heartbeat) = tool.parse { arguments in
     return (Endpoint(host: host, port: controlPort), Endpoint(host: host, port: proxyPort), heartbeat)
 }
 
-StopSignal().stopOnInterrupt {
+tool.need { try StopSignal() }.stopOnInterrupt {
     tool.logStopping()
     exit(0)
 }

@@ -31,7 +31,8 @@ let flags = tool.parse { arguments in
 }
 
 let listeners = tool.listen { try flags.bind() }
-let stop = StopSignal()
+if let warning = flags.descriptorWarning { tool.log(warning) }
+let stop = tool.need { try StopSignal() }
 stop.stopOnInterrupt { tool.logStopping() }
 do {
     try flags.server { if !$0.isHeartbeat { tool.log($0.description, from: $0.logSource) } }.run(listeners, stop: stop)

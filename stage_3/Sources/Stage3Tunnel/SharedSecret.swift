@@ -18,9 +18,13 @@ public struct SharedSecret: Sendable {
     /// (an environment variable does not show up in `ps` the way a flag does). One word of
     /// printable characters, since it travels in a line of text.
     public static func parse(flag: String?) throws -> SharedSecret {
-        guard let secret = flag ?? getenv("TUNNEL_SECRET").map({ String(cString: $0) }) else { return SharedSecret(nil) }
-        guard !secret.isEmpty, secret.utf8.count <= 256, secret.unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 })
-        else { throw UsageError("the secret must be 1 to 256 printable ASCII characters without spaces") }
+        guard let secret = flag ?? getenv("TUNNEL_SECRET").map({ String(cString: $0) }) else {
+            return SharedSecret(nil)
+        }
+        let printable = secret.unicodeScalars.allSatisfy { $0.value > 32 && $0.value < 127 }
+        guard !secret.isEmpty, secret.utf8.count <= 256, printable else {
+            throw UsageError("the secret must be 1 to 256 printable ASCII characters without spaces")
+        }
         return SharedSecret(secret)
     }
 

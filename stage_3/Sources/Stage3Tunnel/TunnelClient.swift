@@ -1,7 +1,7 @@
 // Stage 3's client, on the private machine: all five steps. It is stage 2's client with the
 // echo replaced by the local app. For each `create_proxy <id> <user>` it opens the proxy
 // connection (step 4), a private connection to the local app (step 4), and joins them
-// (step 5, stage 0's `join`). It never needs to know the app's protocol: HTTP, SSH, Redis
+// (step 5, stage 0's relay). It never needs to know the app's protocol: HTTP, SSH, Redis
 // and anything else over TCP go through as bytes.
 // New as well: when the control connection drops or cannot be made, the client tries again,
 // waiting longer each time (Backoff.swift), so a server restart heals on its own; and every
@@ -51,11 +51,11 @@ public struct TunnelClientSettings: Sendable {
 public final class TunnelClient: Sendable {
     public let settings: TunnelClientSettings
     public let events: @Sendable (TunnelClientEvent) -> Void
-    let stopSignal = StopSignal()
+    let stopSignal: StopSignal
     /// Every socket the client has open, so `stop()` can end them all, as an exiting process would.
     private let open = OpenConnections()
     /// Users being served now, against `settings.maxUsers`.
-    let users = Locked(0)
+    let users = Locked(0)  // Limits/: `countUser`
     /// The pool on this side (Pool/): proxy connections open or opening, against `settings.pool`,
     /// so a server (or whoever answers in its place) gets no more of them than we asked for; and
     /// ids it sent while all were in use (at most `settings.pool` too), opened when a place is
@@ -63,7 +63,9 @@ public final class TunnelClient: Sendable {
     /// at once on different connections: it waits here instead of being lost.
     let pool = Locked(PoolPlaces())
 
-    public init(_ settings: TunnelClientSettings, events: @escaping @Sendable (TunnelClientEvent) -> Void) {
+    /// Throws if the process is out of descriptors already (its `StopSignal` needs a pipe).
+    public init(_ settings: TunnelClientSettings, events: @escaping @Sendable (TunnelClientEvent) -> Void) throws {
+        stopSignal = try StopSignal()
         self.settings = settings
         self.events = events
     }
@@ -143,17 +145,6 @@ public final class TunnelClient: Sendable {
             users.withLock { $0 -= 1 }
             events(.userTurnedDown(user: user, reason: "\(error)"))
         }
-    }
-
-    /// Counts one more user against `maxUsers`, or turns it down (false).
-    func countUser(_ user: Endpoint) -> Bool {
-        let room = users.withLock { count in
-            guard count < settings.maxUsers else { return false }
-            count += 1
-            return true
-        }
-        if !room { events(.userTurnedDown(user: user, reason: "already \(settings.maxUsers) users (--max-users)")) }
-        return room
     }
 
     /// Steps 4 and 5 for one user: proxy connection, private connection, join. Calls `done`

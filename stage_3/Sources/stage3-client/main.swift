@@ -78,13 +78,19 @@ let (settings, inspect) = tool.parse { arguments in
     return (settings, inspect)
 }
 
+if let warning = descriptorLimitWarning(needed: 2 * settings.maxUsers + settings.pool + 32,
+                                       for: "--max-users \(settings.maxUsers)") {
+    tool.log(warning)
+}
 let inspector = inspect.map { address in tool.listen { try Inspector(title: "client", on: address) } }
 if let inspector { tool.log(inspector.announcement) }
-let client = TunnelClient(settings) {
-    if !$0.isHeartbeat { tool.log($0.description, from: $0.logSource) }
-    inspector?.record($0)
+let client = tool.need {
+    try TunnelClient(settings) {
+        if !$0.isHeartbeat { tool.log($0.description, from: $0.logSource) }
+        inspector?.record($0)
+    }
 }
-StopSignal().stopOnInterrupt {
+tool.need { try StopSignal() }.stopOnInterrupt {
     tool.logStopping()
     client.stop()
 }

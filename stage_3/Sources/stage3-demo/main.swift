@@ -27,7 +27,7 @@ let inspect = tool.parse { arguments in
 let inspector = inspect.map { address in tool.listen { try Inspector(title: "demo", on: address) } }
 let again = inspector.map { inspector in
     tool.log(inspector.announcement)
-    let again = StopSignal()
+    let again = tool.need { try StopSignal() }
     again.stopOnInterrupt()
     return again
 }

@@ -1,7 +1,7 @@
-// stage3-server: the public side of the full tunnel. It is stage 2's server, with a
+// stage3-server: the public side of the full tunnel. It is stage 2's `TunnelServer`, with a
 // shared-secret check in front of every control connection (Stage3Tunnel/SharedSecret.swift),
 // guarded against guessing, and required whenever the server listens beyond loopback
-// (Stage3Tunnel/Exposure.swift).
+// (Stage3Tunnel/Limits/Exposure.swift).
 
 import Stage0Pipe
 import Stage2Proxy
@@ -46,6 +46,7 @@ let (flags, secret, inspect) = tool.parse { arguments in
 }
 
 let listeners = tool.listen { try flags.bind() }
+if let warning = flags.descriptorWarning { tool.log(warning) }
 if secret.value == nil {
     tool.log("no secret set: any client that reaches the control port can register"
         + (isLoopback(flags.host) ? " (only this machine can, on \(flags.host))" : ""))
@@ -53,11 +54,14 @@ if secret.value == nil {
 if let warning = shortSecretWarning(secret) { tool.log("warning: \(warning)") }
 let inspector = inspect.map { address in tool.listen { try Inspector(title: "server", on: address) } }
 if let inspector { tool.log(inspector.announcement) }
-let stop = StopSignal()
+let stop = tool.need { try StopSignal() }
 stop.stopOnInterrupt { tool.logStopping() }
-let server = flags.server(admit: GuessLimit().guarding(secret.check(timeout: flags.proxyTimeout))) {
+// Stage 2's server; what stage 3 adds is its `admit` check: the secret, guarded against guessing.
+let checkSecret = GuessLimit().guarding(secret.check(timeout: flags.proxyTimeout))
+let server = TunnelServer(heartbeatTimeout: flags.heartbeatTimeout, proxyTimeout: flags.proxyTimeout,
+                          limits: flags.limits, admit: checkSecret) {
     if !$0.isHeartbeat { tool.log($0.description, from: $0.logSource) }
-    inspector?.record($0)
+    inspector?.record($0)  // the live view (LiveView/)
 }
 do {
     try server.run(listeners, stop: stop)

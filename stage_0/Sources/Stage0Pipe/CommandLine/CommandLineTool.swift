@@ -114,10 +114,12 @@ public struct Tool: Sendable {
     }
 
     /// Parses the process's arguments with `body`. `--help` prints the usage and exits 0;
-    /// a `UsageError` prints one line and exits 2.
+    /// a `UsageError` prints one line and exits 2. Also raises the descriptor limit
+    /// (Limits/DescriptorLimit.swift), as every program here must before its first socket.
     public func parse<Options>(_ body: (inout Arguments) throws -> Options) -> Options {
         // Our sockets never raise SIGPIPE (see Connection), but a log piped into `head` would.
         signal(SIGPIPE, SIG_IGN)
+        raiseDescriptorLimit()
         var arguments = Arguments(Array(CommandLine.arguments.dropFirst()))
         if arguments.flag("--help") || arguments.flag("-h") {
             writeLine(usage, to: 1)
@@ -162,6 +164,16 @@ public struct Tool: Sendable {
                 + " LISTEN is another server: stop it. ESTAB or TIME-WAIT alone is an outgoing connection"
                 + " that the kernel gave this port to: it frees the port when it ends."
                 + " Or choose other ports: see --help")
+        } catch {
+            fail("\(error)")
+        }
+    }
+
+    /// Runs `body`, or exits 1 with its error: for what the program cannot run without (a
+    /// `StopSignal` when the process is out of descriptors, say).
+    public func need<Value>(_ body: () throws -> Value) -> Value {
+        do {
+            return try body()
         } catch {
             fail("\(error)")
         }

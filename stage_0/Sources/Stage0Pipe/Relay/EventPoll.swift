@@ -101,6 +101,9 @@ struct ReadyEvent {
 
         func event(_ index: Int) -> ReadyEvent {
             let raw = ready[index]
+            // XNU differs from Linux here: after our own `shutdown(SHUT_WR)` (a half-close passed
+            // on), the write filter reports EV_EOF although the peer may still send. Harmless,
+            // because this path reads until EAGAIN or 0 (`urgent` below), never trusting EV_EOF.
             let failed = raw.flags & UInt16(EV_EOF | EV_ERROR) != 0
             let isRead = raw.filter == Int16(EVFILT_READ)
             return ReadyEvent(

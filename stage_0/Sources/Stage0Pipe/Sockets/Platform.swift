@@ -1,6 +1,6 @@
-// The one place where Linux (Glibc) and macOS (Darwin) differ.
-// Every other file calls these names and never writes `#if os(...)` itself,
-// so a learner reads the differences side by side, here and only here.
+// The one place where Linux (Glibc) and macOS (Darwin) differ, but for the event loop's wait for
+// many sockets (Relay/EventPoll.swift, mirrored the same way). Every other file calls these names
+// and never writes `#if os(...)` itself, so a learner reads the differences side by side.
 
 #if canImport(Glibc)
     @_exported import Glibc
@@ -39,6 +39,10 @@
         var thread = pthread_t()
         return pthread_create(&thread, &attributes, { runThreadStart($0!); return nil }, context)
     }
+    /// `RLIMIT_NOFILE` for `getrlimit`/`setrlimit`: an enum on Glibc, an Int32 on Darwin.
+    let descriptorLimitResource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+    /// The highest soft descriptor limit `setrlimit` accepts: on Linux, the hard limit itself.
+    func descriptorCeiling(hard: rlim_t) -> rlim_t { hard }
 #elseif canImport(Darwin)
     @_exported import Darwin
 
@@ -66,6 +70,15 @@
     func createDetachedThread(_ attributes: inout pthread_attr_t, _ context: UnsafeMutableRawPointer) -> Int32 {
         var thread: pthread_t? = nil
         return pthread_create(&thread, &attributes, { runThreadStart($0); return nil }, context)
+    }
+    let descriptorLimitResource = RLIMIT_NOFILE
+    /// macOS's hard limit is often "unlimited", which `setrlimit` refuses for the soft limit:
+    /// the real ceiling is `kern.maxfilesperproc` (as Go's runtime does it).
+    func descriptorCeiling(hard: rlim_t) -> rlim_t {
+        var perProcess: Int32 = 0
+        var size = MemoryLayout<Int32>.size
+        guard sysctlbyname("kern.maxfilesperproc", &perProcess, &size, nil, 0) == 0, perProcess > 0 else { return hard }
+        return min(hard, rlim_t(perProcess))
     }
 #else
     #error("ngrok-- in Swift builds on Linux (Glibc) and macOS (Darwin) only")

@@ -14,9 +14,10 @@ public final class StopSignal: Sendable {
     private let writeFD: Int32
     private let stopped = Locked(false)
 
-    public init() {
+    /// Throws if the pipe cannot be made: the process is out of descriptors (EMFILE).
+    public init() throws {
         var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { fatalError("pipe: \(errnoName(errno)): out of file descriptors at start-up") }
+        try systemCall("pipe for a stop signal") { pipe(&fds) }
         (readFD, writeFD) = (fds[0], fds[1])
         for fd in fds { closeOnExec(fd) }
     }

@@ -65,6 +65,13 @@ public struct ServerFlags: Sendable {
                      admit: admit, events: events)
     }
 
+    /// A log line if this process may not open as many descriptors as these limits allow for:
+    /// two per user (theirs and the proxy connection), and the pending connections of both ports.
+    public var descriptorWarning: String? {
+        let needed = 2 * limits.maxUsers + 2 * limits.maxPending + ProxyPool.maxSize + 64
+        return descriptorLimitWarning(needed: needed, for: "--max-users \(limits.maxUsers)")
+    }
+
     /// Binds the three listeners these flags describe.
     public func bind() throws -> TunnelListeners {
         try TunnelListeners(host: host, controlPort: controlPort, publicPort: publicPort, proxyPort: proxyPort)

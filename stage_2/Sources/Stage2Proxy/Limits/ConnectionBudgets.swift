@@ -68,6 +68,12 @@ final class ConnectionBudgets: Sendable {
         defer { budget.give(connection.peer.host) }
         return body()
     }
+
+    /// The same for a `body` that may find nothing: nil if over a limit, or if `body` found nothing.
+    func counted<Result>(_ connection: Connection, in budget: ConnectionBudget, _ body: () -> Result?) -> Result? {
+        let found: Result?? = counted(connection, in: budget, body)
+        return found ?? nil
+    }
 }
 
 /// Connections counted by source address, under a total and a per-address cap.

@@ -43,7 +43,7 @@ public func runDemo(inspector: Inspector? = nil, repeatUntil again: StopSignal? 
     say("  client     joins users to \(app.endpoint)")
     say("")
 
-    let stop = StopSignal()
+    let stop = try StopSignal()
     let appThread = try BackgroundThread("demo app") { app.acceptEach(unless: stop, serveDemoApp) }
 
     let secret = SharedSecret("demo-secret")
@@ -59,7 +59,7 @@ public func runDemo(inspector: Inspector? = nil, repeatUntil again: StopSignal? 
                                         proxy: listeners.proxy.endpoint)
     settings.secret = secret
     let registered = DispatchSemaphore(value: 0)
-    let client = TunnelClient(settings) { event in
+    let client = try TunnelClient(settings) { event in
         say("client: \(event)")
         inspector?.record(event)
         switch event {

@@ -44,7 +44,7 @@ public final class Inspector: @unchecked Sendable {
     }
     private let limits: Limits
     private let started = ContinuousClock.now
-    private let stopSignal = StopSignal()
+    private let stopSignal: StopSignal
     private var acceptThread: BackgroundThread<Void>?  // set once, at the end of init
 
     /// Guards everything below. Its `broadcast()` wakes the page threads when there is news.
@@ -71,6 +71,7 @@ public final class Inspector: @unchecked Sendable {
     /// Serves the live view on `endpoint` (a background thread accepts) until `stop()`.
     /// `title` says whose events it shows: "server", "client" or "demo".
     public init(title: String, on endpoint: Endpoint, limits: Limits = Limits()) throws {
+        stopSignal = try StopSignal()
         let listener = try Listener(on: endpoint)
         self.endpoint = listener.endpoint
         self.limits = limits
