@@ -133,6 +133,33 @@ struct RelayTests {
         #expect(maker.relaySocketsOpen == 0)
     }
 
+    @Test("a side that finished sending and is then reset ends its pair at once, though the other side is quiet",
+          arguments: Relay.allCases)
+    func resetAfterHalfClose(relay: Relay) throws {
+        let maker = try PairMaker()
+        for userResets in [true, false] {
+            // The one who sends a request, half-closes, then resets; the other holds its half-closed
+            // connection without a word (a long-poll endpoint, say), so no byte ever moves again.
+            let (client, a, b, app) = try maker.make()
+            defer { client.close(); app.close() }
+            let results = EventRecorder<JoinResult>()
+            _ = try relay.start(a, b, timeouts: .none, results: results)
+            let (leaver, holder) = userResets ? (client, app) : (app, client)
+            try leaver.write("request")
+            leaver.shutdownWrite()
+            #expect(try holder.readToEnd() == Array("request".utf8), "userResets: \(userResets)")
+            leaver.resetWhenClosed()
+            leaver.close()
+            #expect(results.wait(for: 1) { $0.error != nil }, "userResets: \(userResets): the pair ended, as failed")
+            // The quiet side has read its end of stream already, so a read says nothing more (0);
+            // the reset shows as the socket's error.
+            var entry = pollfd(fd: holder.fd, events: 0, revents: 0)
+            #expect(poll(&entry, 1, 10_000) == 1 && holder.pendingError != nil,
+                    "userResets: \(userResets): the quiet side is reset too")
+        }
+        #expect(maker.relaySocketsOpen == 0)
+    }
+
     @Test("200 pairs at once each carry their own bytes, then give back every socket", arguments: Relay.allCases)
     func manyPairs(relay: Relay) throws {
         let maker = try PairMaker()

@@ -6,7 +6,7 @@
 // other side's write half is shut down and the opposite direction goes on, so a client that has
 // sent its whole request still gets the answer. Failure: a reset or a failed write ends both
 // directions, and both peers get a reset (RST), never a FIN that makes a cut transfer look whole.
-// Elsewhere: timeouts (Limits/JoinTimeouts.swift), `abort` (Relay/), threads (Threads/), resets (Sockets/).
+// Elsewhere: what ends a hung pair (Limits/JoinLimits.swift), `abort` (Relay/), threads, resets (Sockets/).
 
 /// Bytes each way (`forward`: a → b), and whatever ended both directions at once (a reset,
 /// a timeout), or nil when both sides just finished.
@@ -49,9 +49,8 @@ public final class Join: Sendable {
 
     @discardableResult
     public func run() -> JoinResult {
-        startClocks()
-        let forward: (bytes: Int, error: (any Error)?)
-        let back: (bytes: Int, error: (any Error)?)
+        startWatching()
+        let forward, back: (bytes: Int, error: (any Error)?)
         do {
             let backward = try BackgroundThread("join \(b) → \(a)") { self.copy(from: self.b, to: self.a) }
             forward = copy(from: a, to: b)
@@ -81,7 +80,7 @@ public final class Join: Sendable {
                 do {
                     count = try source.read(into: buffer)
                 } catch let error as SocketError where error.isTimeout {
-                    try waitOutIdleTime(reading: source)  // a read timed out (Limits/JoinTimeouts.swift)
+                    try waitOutIdleTime(reading: source)  // a read timed out (Limits/JoinLimits.swift)
                     continue
                 } catch {
                     broken = source
@@ -91,12 +90,13 @@ public final class Join: Sendable {
                     if state.current.failing { return (total, nil) }  // woken by a failure: say nothing
                     if source === b, let endOfBIsClean, !endOfBIsClean() { throw JoinCut.lostPeer }
                     sink.shutdownWrite()  // pass the end of the stream on: half-close
+                    try watchForReset(after: source)  // until the other direction ends (Limits/JoinLimits.swift)
                     return (total, nil)
                 }
                 do {
                     try sink.write(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
                 } catch let error as SocketError where error.isTimeout {
-                    throw writeTimedOut(to: sink)  // a write timed out (Limits/JoinTimeouts.swift)
+                    throw writeTimedOut(to: sink)  // a write timed out (Limits/JoinLimits.swift)
                 } catch {
                     broken = sink
                     throw error
@@ -117,12 +117,4 @@ public final class Join: Sendable {
             return (total, error)
         }
     }
-}
-
-/// What both directions share. `failing`: set by the first failure; from then on a read of 0
-/// means "woken by the failure", not "the peer finished". `cut`: a timeout or an abort.
-struct JoinState {
-    var failing = false
-    var cut: JoinCut?
-    var lastActivity = ContinuousClock.now  // when a byte last moved (for the idle timeout)
 }

@@ -19,6 +19,9 @@ struct ReadyEvent {
     /// The peer has finished sending, or the connection failed: read until `read` returns 0
     /// or an error, even after a short read (no new event will come for the end of the stream).
     var peerDone: Bool
+    /// The socket has an error or has hung up: the relay then asks its pending error (`SO_ERROR`),
+    /// to end a pair whose side was reset after its end of stream, which no read would show.
+    var hungUp: Bool
     /// TCP urgent data has arrived (a `send` with MSG_OOB; telnet's "interrupt" uses it). A
     /// read stops short at its mark with more data behind it, so from now on only EAGAIN
     /// says that this socket is drained.
@@ -60,6 +63,7 @@ struct ReadyEvent {
                 readable: failed || bits & (CEP_READABLE | CEP_PEER_DONE) != 0,
                 writable: failed || bits & CEP_WRITABLE != 0,
                 peerDone: failed || bits & CEP_PEER_DONE != 0,
+                hungUp: failed,
                 urgent: bits & CEP_URGENT != 0)
         }
 
@@ -108,7 +112,7 @@ struct ReadyEvent {
             let isRead = raw.filter == Int16(EVFILT_READ)
             return ReadyEvent(
                 token: UInt64(UInt(bitPattern: raw.udata)),
-                readable: isRead || failed, writable: !isRead || failed, peerDone: failed,
+                readable: isRead || failed, writable: !isRead || failed, peerDone: failed, hungUp: failed,
                 urgent: true)  // not told apart here: on macOS, a socket is drained when a read says EAGAIN
         }
 

@@ -416,6 +416,8 @@ private final class RelayLoop: @unchecked Sendable {
                 side.peerDone = side.peerDone || event.peerDone
                 side.urgent = side.urgent || event.urgent
                 pump(pair)
+                // A side reset after its end of stream: no read or write would ever show it.
+                if event.hungUp && !pair.finished, let error = side.connection.pendingError { finish(pair, error: error) }
             }
             let turn = again
             again.removeAll(keepingCapacity: true)

@@ -47,6 +47,15 @@ extension Connection {
         _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &option, socklen_t(MemoryLayout<linger>.size))
     }
 
+    /// The error the kernel holds for this socket, if any (`getsockopt(2)` with `SO_ERROR`,
+    /// which also clears it): ECONNRESET after a reset, say.
+    public var pendingError: SocketError? {
+        var code: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length) == 0, code != 0 else { return nil }
+        return SocketError(call: "\(peer) after its end of stream", code: code)
+    }
+
     /// True if a read would not wait now (`poll(2)` without waiting): bytes, an end of stream or
     /// an error is there. A connection that should be silent and is readable was usually closed.
     public var isReadable: Bool {

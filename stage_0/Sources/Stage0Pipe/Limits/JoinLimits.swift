@@ -2,7 +2,9 @@
 // user who asks for a big file and never reads it. Without a limit, its join holds two threads
 // and two sockets until the process ends. So a join may have an idle timeout (no byte either
 // way for so long) and a stall timeout (a write that makes no progress for so long); either
-// cuts the pair with a reset to both peers.
+// cuts the pair with a reset to both peers. And a side that has finished sending is still
+// watched: if it is then reset, the pair ends at once (`watchForReset`), though the other side,
+// half-closed and quiet (a long-poll endpoint), would never give a reason to look.
 //
 // The kernel keeps both clocks for the threaded join: `SO_RCVTIMEO` ends a read that waited
 // too long and `SO_SNDTIMEO` a write that made no progress, each with EAGAIN, so Join.swift's
@@ -46,13 +48,53 @@ public enum JoinCut: Error, Equatable, Sendable, CustomStringConvertible {
     }
 }
 
+/// What both directions of a join share.
+struct JoinState {
+    /// Set by the first failure: from then on, a read of 0 means "woken by the failure", not
+    /// "the peer finished", and must not be passed on as an end of stream.
+    var failing = false
+    /// Why the joiner (not a peer) cut the join: a timeout or an abort.
+    var cut: JoinCut?
+    /// When a byte last moved, either way (kept only with an idle timeout).
+    var lastActivity = ContinuousClock.now
+    /// Directions that run (2 once `run()` starts both; a lone `copy` has 1), and those that have
+    /// reached their end and passed it on.
+    var directions = 1
+    var ended = 0
+}
+
 extension Join {
-    /// Sets both connections' kernel clocks before any byte moves. Without a stall timeout, a
-    /// write that makes no progress for the idle time is idle too: nothing else would ever wake
-    /// a thread blocked in `send` to a peer that never reads.
-    func startClocks() {
+    /// Before any byte moves: sets both connections' kernel clocks, and counts two directions
+    /// for `watchForReset`. Without a stall timeout, a write that makes no progress for the idle
+    /// time is idle too: nothing else would ever wake a thread blocked in `send` to a peer that
+    /// never reads.
+    func startWatching() {
+        state.withLock { $0.directions = 2 }
         for connection in [a, b] {
             connection.setTimeouts(receive: timeouts.idle, send: timeouts.stall ?? timeouts.idle)
+        }
+    }
+
+    /// `source` has finished sending, and that end was passed on. Until the other direction ends
+    /// too, its thread watches `source` for an error: a reset that comes now ends the join (this
+    /// throws it), where nothing else would notice it, as nobody reads or writes `source` any more.
+    /// `poll(2)` for no event at all still reports errors and hang-ups (POLLERR, POLLHUP); the
+    /// socket's pending error (`SO_ERROR`) says which. A hang-up without one is the other
+    /// direction's end reaching `source`; the state is checked at least every 250 ms, for an end
+    /// or failure elsewhere that `source` does not show.
+    func watchForReset(after source: Connection) throws {
+        let done = state.withLock { state in
+            state.ended += 1
+            return state.ended >= state.directions
+        }
+        if done { return }
+        while true {
+            let now = state.current
+            if now.failing || now.ended >= now.directions { return }
+            var entry = pollfd(fd: source.fd, events: 0, revents: 0)
+            guard poll(&entry, 1, 250) > 0 else { continue }
+            if let error = source.pendingError { throw error }
+            sched_yield()  // hung up, cleanly: the other direction is about to count its end
         }
     }
 
