@@ -43,6 +43,21 @@ struct ThrottleTests {
         #expect(throttle.summarizeLeftOut().isEmpty)
     }
 
+    @Test("the log as a whole has a budget too: a thousand sources get no more lines than a few would")
+    func logThrottleInAll() {
+        let throttle = LogThrottle(burst: 3, perSecond: 1, burstInAll: 10, perSecondInAll: 2)
+        let printed = (0..<1000).flatMap { throttle.admit("line \($0)", from: "10.0.\($0 / 250).\($0 % 250)", now: start) }
+        #expect(printed.count == 10)
+        // A second later: room for two more lines in all, the first of them the one summary of
+        // every source left out, whoever logs next.
+        let later = throttle.admit("later", from: "10.9.9.9", now: start + .seconds(1))
+        #expect(later.count == 2 && later[0].contains("990 more line(s) about 990 sources") && later[1] == "later")
+        // A source that was held back says how many of its lines were, on its next line.
+        let flooder = LogThrottle(burst: 1, perSecond: 1)
+        for _ in 0..<5 { _ = flooder.admit("x", from: "192.0.2.7", now: start) }
+        #expect(flooder.admit("y", from: "192.0.2.7", now: start + .seconds(1)) == ["y (after 4 more line(s) about 192.0.2.7 left out)"])
+    }
+
     @Test("durations with units, 0 to turn a timeout off, whole-number limits; anything else is a usage error")
     func flags() throws {
         var arguments = Arguments(["--idle-timeout", "10m", "--stall-timeout=0", "--max-users", "50", "--wait", "1.5h"])

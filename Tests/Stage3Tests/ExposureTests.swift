@@ -63,6 +63,64 @@ struct ExposureTests {
         #expect(server.events.wait { if case let .controlClosed(_, reason, _, _) = $0 { reason.contains("too many wrong secrets") } else { false } })
     }
 
+    @Test("connections that say nothing spend no guesses: the right secret still gets in after many of them")
+    func silenceIsNoGuess() throws {
+        let server = try RunningServer3(secret: "right", authTimeout: .milliseconds(100),
+                                        guesses: GuessLimit(burst: 1, perSecond: 0.01, burstInAll: 1, perSecondInAll: 0.01))
+        defer { server.stop() }
+        let silent = try (0..<5).map { _ in try Connection.connect(to: server.control) }
+        defer { for connection in silent { connection.close() } }
+        for connection in silent { #expect(closedWithoutAWord(connection), "dropped at the auth timeout") }
+        let control = try register(server, secret: "right")
+        control.close()
+        #expect(!server.events.events.contains {
+            if case let .controlClosed(_, reason, _, _) = $0 { reason.contains("too many") } else { false }
+        })
+    }
+
+    @Test("guesses from many addresses share one budget, which an address that gave the right secret does not need",
+          .enabled(if: secondLoopbackAddressWorks))
+    func guessesInAll() throws {
+        let server = try RunningServer3(secret: "right",
+                                        guesses: GuessLimit(burst: 10, perSecond: 0.01, burstInAll: 3, perSecondInAll: 0.01))
+        defer { server.stop() }
+        try register(server, secret: "right").close()  // 127.0.0.1 gave the right secret: trusted from now on
+        for address in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+            let guess = try Connection.connect(to: server.control, from: address)
+            defer { guess.close() }
+            try guess.write("auth wrong\n")
+            #expect(try guess.readLineForTest() == "closing wrong secret", "\(address): checked")
+        }
+        let fourth = try Connection.connect(to: server.control, from: "127.0.0.5")
+        defer { fourth.close() }
+        try fourth.write("auth wrong\n")
+        #expect(closedWithoutAWord(fourth), "the budget of all addresses is spent: dropped unchecked")
+        let rightful = try register(server, secret: "right")
+        rightful.close()
+    }
+
+    @Test("control connections that pass `auth` but never register keep their place in the count, until they do")
+    func unregisteredKeepTheirPlace() throws {
+        var limits = ServerLimits()
+        limits.maxPendingPerAddress = 2
+        let server = try RunningServer3(limits: limits)  // no secret: `auth` alone is admitted
+        defer { server.stop() }
+        let idlers = try (0..<2).map { _ in
+            let idler = try Connection.connect(to: server.control)
+            try idler.write("auth\nping\n")
+            #expect(try idler.readLineForTest() == "pong")
+            return idler
+        }
+        defer { for idler in idlers { idler.close() } }
+        let third = try Connection.connect(to: server.control)
+        defer { third.close() }
+        #expect(closedWithoutAWord(third), "two admitted but unregistered connections fill this address's room")
+        try idlers[0].write("register\n")
+        #expect(try idlers[0].readLineForTest() == "registered")
+        let fourth = try register(server)
+        fourth.close()
+    }
+
     @Test("lines a server does not understand: two get an error each, the third closes the connection")
     func junkClosesControl() throws {
         let server = try RunningServer3()

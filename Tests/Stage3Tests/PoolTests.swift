@@ -121,6 +121,21 @@ struct PoolTests {
         #expect(server.events.wait { if case let .proxyRejected(_, reason) = $0 { reason.contains("not waiting") } else { false } })
     }
 
+    @Test("an id the client never uses is replaced on the next heartbeat, though no user comes")
+    func unusedIDsExpireOnTheHeartbeat() throws {
+        var limits = ServerLimits()
+        limits.poolMaxAge = .zero  // every id is already too old at the next ping
+        let server = try RunningServer3(limits: limits)
+        defer { server.stop() }
+        let control = try rawClient(server, pool: 1)
+        defer { control.close() }
+        let lost = try nextID(control, "fill_pool")  // never opened
+        try control.write("ping\n")
+        #expect(try control.readLineForTest() == "pong")
+        let replacement = try nextID(control, "fill_pool")
+        #expect(replacement != lost)
+    }
+
     @Test("a client opens no more pooled connections than it asked for, whatever the server says")
     func clientCapsItsPool() throws {
         // A server of our own, typed by hand, that answers `pool 1` with five fill_pool lines.

@@ -27,7 +27,7 @@ final class RunningServer3: Sendable {
         var limits = limits
         limits.relay = relayUnderTest
         let server = TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: .seconds(10), limits: limits,
-                                  admit: guesses.guarding(SharedSecret(secret).check(timeout: authTimeout)),
+                                  admit: guesses.guarding(SharedSecret(secret), timeout: authTimeout),
                                   events: events.handler)
         thread = try BackgroundThread("stage 3 server") { [stopSignal] in try? server.run(listeners, stop: stopSignal) }
     }

@@ -72,6 +72,7 @@ public final class TunnelServer: Sendable {
                     case .ping:
                         try channel.send(.pong)
                         events(.heartbeat(client: peer))
+                        try refreshPool(of: channel)  // Pool/: ids unused past their age are replaced
                     case .register: try register(channel)
                     case .pool(let size): try resizePool(of: channel, to: size)  // Pool/
                     case .proxy: try channel.send(.error("proxy <id> goes on the proxy port, not the control port"))
@@ -100,7 +101,7 @@ public final class TunnelServer: Sendable {
     private func register(_ channel: ControlChannel) throws {
         // Publish first, answer second: once the client reads `registered`, users must find it.
         let previous = client.exchange(channel)
-        budgets.clientRegistered(from: channel.connection.peer.host)
+        budgets.clientRegistered(channel)
         try channel.send(.registered)
         events(.registered(client: channel.connection.peer))
         if let previous, previous !== channel {
@@ -150,8 +151,7 @@ public final class TunnelServer: Sendable {
     func serveProxy(_ proxy: Connection) {
         let reader = LineReader(proxy, maxLineLength: 64)
         let channel = client.current
-        let budget = budgets.forProxy(proxy)  // Limits/
-        guard let id = budgets.counted(proxy, in: budget, { readProxyID(proxy, reader) }) else { return }
+        guard let id = budgets.counted(proxy, in: budgets.forProxy(proxy), { readID(proxy, reader) }) else { return }
         if let user = waiting.take(id) {
             events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
             // Bytes that came right after the `proxy <id>` line are the start of the user's data.
@@ -187,7 +187,7 @@ public final class TunnelServer: Sendable {
     }
 
     /// A proxy connection's `proxy <id>` line; nil (closed, logged) if none comes in time.
-    private func readProxyID(_ proxy: Connection, _ reader: LineReader) -> ProxyID? {
+    private func readID(_ proxy: Connection, _ reader: LineReader) -> ProxyID? {
         do {
             let line = try reader.readLine(deadline: .now + proxyTimeout)
             guard let line, case .proxy(let id) = try? ClientMessage(line: line) else {

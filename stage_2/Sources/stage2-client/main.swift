@@ -37,5 +37,5 @@ tool.need { try StopSignal() }.stopOnInterrupt {
     tool.logStopping()
     exit(0)
 }
-let client = EchoClient(proxyServer: proxy, heartbeat: heartbeat) { tool.log($0.description) }
+let client = EchoClient(proxyServer: proxy, heartbeat: heartbeat) { tool.log($0.description, from: $0.logSource) }
 tool.runControlClient(server: control) { try client.run($0) }

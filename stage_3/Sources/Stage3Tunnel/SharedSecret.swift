@@ -38,14 +38,22 @@ public struct SharedSecret: Sendable {
     /// (the client is told, and stops); a client too slow or gone is only dropped (it may retry).
     public func check(timeout: Duration) -> @Sendable (LineReader) -> Admission {
         { reader in
-            do {
-                guard let line = try reader.readLine(deadline: .now + timeout) else {
-                    return .dropped("it closed before authenticating")
-                }
-                return judge(firstLine: line)
-            } catch {
-                return .dropped("no auth line: \(error)")
+            switch firstLine(reader, timeout: timeout) {
+            case .success(let line): judge(firstLine: line)
+            case .failure(let dropped): dropped.admission
             }
+        }
+    }
+
+    /// The first line, or why there is none: the client closed, or said nothing in time.
+    func firstLine(_ reader: LineReader, timeout: Duration) -> Result<[UInt8], NoFirstLine> {
+        do {
+            guard let line = try reader.readLine(deadline: .now + timeout) else {
+                return .failure(NoFirstLine(admission: .dropped("it closed before authenticating")))
+            }
+            return .success(line)
+        } catch {
+            return .failure(NoFirstLine(admission: .dropped("no auth line: \(error)")))
         }
     }
 
@@ -58,6 +66,11 @@ public struct SharedSecret: Sendable {
         guard let value else { return .admitted }
         return constantTimeEquals(Array(line.dropFirst(5)), Array(value.utf8)) ? .admitted : .refused("wrong secret")
     }
+}
+
+/// No first line came: a passing failure, so the connection is dropped (the client may retry).
+struct NoFirstLine: Error {
+    let admission: Admission
 }
 
 /// Compares two byte strings in a time that depends only on their lengths, not on where

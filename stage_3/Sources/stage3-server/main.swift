@@ -57,7 +57,7 @@ if let inspector { tool.log(inspector.announcement) }
 let stop = tool.need { try StopSignal() }
 stop.stopOnInterrupt { tool.logStopping() }
 // Stage 2's server; what stage 3 adds is its `admit` check: the secret, guarded against guessing.
-let checkSecret = GuessLimit().guarding(secret.check(timeout: flags.proxyTimeout))
+let checkSecret = GuessLimit().guarding(secret, timeout: flags.proxyTimeout)
 let server = TunnelServer(heartbeatTimeout: flags.heartbeatTimeout, proxyTimeout: flags.proxyTimeout,
                           limits: flags.limits, admit: checkSecret) {
     if !$0.isHeartbeat { tool.log($0.description, from: $0.logSource) }

@@ -135,7 +135,9 @@ public struct Tool: Sendable {
 
     /// Writes one log line to standard error, prefixed with the tool's name.
     /// With a `source` (a peer's address), at most a burst of 20 lines and then 5 a second are
-    /// written for that source; a line then says how many were left out (LogThrottle.swift).
+    /// written for that source, and 200 and then 50 a second for all sources together; the left-out
+    /// lines are counted and said later (Limits/LogThrottle.swift). Lines without a source are the
+    /// program's own (listening, stopping) and are always written.
     /// A line the rate limit leaves out is not even formatted: under a flood, most are.
     public func log(_ line: @autoclosure () -> String, from source: String? = nil) {
         for line in source.map({ throttle.admit(line(), from: $0) }) ?? [line()] {

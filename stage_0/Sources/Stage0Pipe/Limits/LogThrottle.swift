@@ -1,35 +1,45 @@
 // One log line per event is what makes the log teach. But an event that a stranger can cause
 // at will (a connection opened, a bad line sent) is also a way to fill the server's disk: a
 // megabyte of junk must not become sixty megabytes of log. So each source address may log a
-// burst of lines and then a few a second (TokenBuckets.swift). Lines over that are counted,
-// not printed, and one line later says how many were left out.
+// burst of lines and then a few a second (TokenBuckets.swift), and all sources together have a
+// budget of their own, so that an attacker with thousands of addresses gets no more than one
+// with a few. Lines over either budget are counted, not printed; the next line printed for that
+// source says how many of its lines were left out, and at most once a second one line sums up
+// the sources that went quiet with lines left out.
 
-/// Rate-limits log lines per source (usually a peer's address).
+/// Rate-limits log lines per source (usually a peer's address), and in all.
 public final class LogThrottle: Sendable {
-    private let budget: TokenBuckets
-    /// Lines left out per source since its last line printed, and when we last looked for
-    /// sources gone quiet.
+    private let perSource: TokenBuckets
+    private let inAll: TokenBuckets
+    /// Lines left out per source since its last line printed, and when quiet sources were last summed up.
     private let leftOut = Locked<(counts: [String: Int], lastSweep: ContinuousClock.Instant?)>(([:], nil))
 
-    public init(burst: Int = 20, perSecond: Double = 5) {
-        budget = TokenBuckets(burst: burst, perSecond: perSecond)
+    public init(burst: Int = 20, perSecond: Double = 5, burstInAll: Int = 200, perSecondInAll: Double = 50) {
+        perSource = TokenBuckets(burst: burst, perSecond: perSecond)
+        inAll = TokenBuckets(burst: burstInAll, perSecond: perSecondInAll, maxKeys: 1)
     }
 
-    /// The lines to print now for `line` from `source`: the line, after a summary of what was
-    /// left out before it; or nothing while `source` is over its budget.
+    /// The lines to print now for `line` from `source`: the line (saying how many of this
+    /// source's lines were left out before it), perhaps after a line that sums up quiet sources;
+    /// or nothing while `source`, or the log as a whole, is over its budget.
     public func admit(_ line: @autoclosure () -> String, from source: String, now: ContinuousClock.Instant = .now) -> [String] {
         let source = addressKey(source)
-        let allowed = budget.take(source, now: now)
+        var allowed = perSource.take(source, now: now)
+        if allowed && !inAll.take("all", now: now) {
+            perSource.giveBack(source, now: now)  // the log as a whole is full: this source is not to blame
+            allowed = false
+        }
         let text = allowed ? line() : ""  // formatted outside the lock, and only if it is printed
         return leftOut.withLock { state in
             var out: [String] = []
-            // At most once a second, report sources that went quiet with lines left out.
+            // At most once a second, one line for the sources that went quiet with lines left out.
             if state.lastSweep == nil { state.lastSweep = now }
-            if let last = state.lastSweep, last.duration(to: now) >= .seconds(1) {
+            if allowed, let last = state.lastSweep, last.duration(to: now) >= .seconds(1) {
                 state.lastSweep = now
-                for (quiet, count) in state.counts where quiet != source && budget.hasToken(quiet, now: now) {
-                    out.append(summary(quiet, count))
-                    state.counts[quiet] = nil
+                let quiet = state.counts.filter { $0.key != source && perSource.hasToken($0.key, now: now) }
+                if !quiet.isEmpty {
+                    out.append(summary(quiet))
+                    for key in quiet.keys { state.counts[key] = nil }
                 }
             }
             guard allowed else {
@@ -38,22 +48,25 @@ public final class LogThrottle: Sendable {
                 state.counts[key, default: 0] += 1
                 return out
             }
-            if let count = state.counts.removeValue(forKey: source) { out.append(summary(source, count)) }
-            out.append(text)
+            let before = state.counts.removeValue(forKey: source)
+            out.append(before.map { "\(text) (after \($0) more line(s) about \(source) left out)" } ?? text)
             return out
         }
     }
 
-    /// A summary line for every source with lines left out, which are forgotten: for the last
+    /// A line summing up every source with lines left out, which are forgotten: for the last
     /// words of a process, so that nothing is left out without a word.
     public func summarizeLeftOut() -> [String] {
         leftOut.withLock { state in
             defer { state.counts = [:] }
-            return state.counts.map { summary($0.key, $0.value) }
+            return state.counts.isEmpty ? [] : [summary(state.counts)]
         }
     }
 
-    private func summary(_ source: String, _ count: Int) -> String {
-        "(\(count) more line(s) about \(source) left out: over \(Int(budget.burst)) at once or \(Int(budget.perSecond)) a second)"
+    private func summary(_ counts: [String: Int]) -> String {
+        let lines = counts.values.reduce(0, +)
+        let sources = counts.count == 1 ? "about \(counts.keys.first!)" : "about \(counts.count) sources"
+        return "(\(lines) more line(s) \(sources) left out: over \(Int(perSource.burst)) at once or "
+            + "\(Int(perSource.perSecond)) a second from one source, or \(Int(inAll.perSecond)) a second in all)"
     }
 }

@@ -2,6 +2,8 @@
 // the event loop (EventRelay.swift), the fast one. This file is what lets a program choose
 // between them with `--relay`, and what both offer a server that must end a pair from another
 // thread: `abort`, when the client at one end of a pair has gone (stage 2's server).
+// Neither relay carries TCP urgent data (MSG_OOB): a plain `recv` skips the urgent byte, so it
+// is dropped on the way, silently, while the bytes around it go through.
 
 /// Which relay joins pairs: the event loop, or a thread per direction (`--relay`).
 public enum RelayChoice: String, Sendable, CaseIterable {

@@ -27,6 +27,8 @@ final class ControlChannel: Sendable {
     private let joins = Locked<[ObjectIdentifier: any AbortableJoin]?>([:])
     /// Proxy connections this client keeps ready, if it asked for any (`pool <n>`).
     let pool: ProxyPool
+    /// Gives back this connection's place among those not yet registered (Limits/Admission.swift).
+    private let heldPlace = Locked<(@Sendable () -> Void)?>(nil)
 
     init(_ connection: Connection, sendTimeout: Duration, poolMaxAge: Duration) {
         self.connection = connection
@@ -95,8 +97,18 @@ final class ControlChannel: Sendable {
         connection.shutdownBoth()
     }
 
+    /// Keeps `release` until the client registers or the connection closes, then calls it once.
+    func holdUntilRegistered(_ release: @escaping @Sendable () -> Void) {
+        heldPlace.withLock { $0 = release }
+    }
+
+    func releaseHeldPlace() {
+        heldPlace.exchange(nil)?()
+    }
+
     /// Closes the connection once no one is writing to it; later sends fail.
     func close() {
+        releaseHeldPlace()
         closed.withLock { closed in
             closed = true
             connection.close()

@@ -15,18 +15,18 @@ public enum Admission: Sendable, Equatable {
 
 
 extension TunnelServer {
-    /// Step 1's door: counts a new control connection against its limit while `admit` runs, and
-    /// tells a refused client why. True if the client may go on.
+    /// Step 1's door: counts a new control connection against its limit, runs `admit`, and tells
+    /// a refused client why. True if the client may go on. An admitted connection keeps its place
+    /// in the count until it registers or ends: passing the `admit` check (or, without a secret,
+    /// just saying `auth`) is not a licence to hold a thread and a socket for ever.
     func admitted(_ channel: ControlChannel, _ reader: LineReader) -> Bool {
         let connection = channel.connection
         let peer = connection.peer
-        let admission = budgets.counted(connection, in: budgets.forControl(connection)) { () -> Admission in
-            events(.controlOpened(client: peer))
-            return admit(reader)
-        }
-        switch admission {
-        case nil:
-            return false  // over a limit: closed, and logged
+        let budget = budgets.forControl(connection)
+        guard budgets.count(connection, in: budget) else { return false }  // over a limit: closed, and logged
+        channel.holdUntilRegistered { budget.give(peer.host) }
+        events(.controlOpened(client: peer))
+        switch admit(reader) {
         case .admitted:
             events(.controlAdmitted(client: peer))
             return true

@@ -35,9 +35,11 @@ final class ConnectionBudgets: Sendable {
                                          total: proxiesInFlight, perAddress: proxiesInFlight)
     }
 
-    /// A client registered from `host`: its connections get the client's room from now on.
-    func clientRegistered(from host: String) {
-        clientAddress.withLock { $0 = addressKey(host) }
+    /// `channel`'s client registered: its connection leaves the count of those that have not,
+    /// and its address gets the client's room from now on.
+    func clientRegistered(_ channel: ControlChannel) {
+        channel.releaseHeldPlace()
+        clientAddress.withLock { $0 = addressKey(channel.connection.peer.host) }
     }
 
     /// The budget for a new control connection (before `admit`), or a new proxy connection

@@ -12,6 +12,15 @@ public enum EchoClientEvent: Sendable, CustomStringConvertible {
     case proxyFinished(id: ProxyID, echoed: Int)
     case serverError(String)
 
+    /// Whom the event is about, for the log's rate limit (Tool.log): the server, for every line a
+    /// message of its causes, so that no server can flood this log; nil for the client's own.
+    public var logSource: String? {
+        switch self {
+        case .connected, .registered: nil
+        case .proxyRequested, .proxyOpened, .proxyFailed, .proxyFinished, .serverError: "the server"
+        }
+    }
+
     public var description: String {
         switch self {
         case let .connected(server, local): "[1] control connection open to server \(server) (from \(local))"

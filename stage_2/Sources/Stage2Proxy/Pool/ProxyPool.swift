@@ -44,6 +44,13 @@ final class ProxyPool: Sendable {
         }
     }
 
+    /// Called on every heartbeat (a `ping`, every few seconds): gives up the ids the client has not
+    /// used within `maxAge`, so that their places are asked for again in time, whether or not a
+    /// user comes. Returns the ids to send as `fill_pool` lines.
+    func refresh() -> [ProxyID] {
+        state.withLock { newIDs(&$0, now: .now) }
+    }
+
     /// A proxy connection named `id`: true if `id` was one of the pool's, which it no longer is.
     func claim(_ id: ProxyID) -> Bool {
         state.withLock { $0.ids.removeValue(forKey: id) != nil }
@@ -98,8 +105,8 @@ final class ProxyPool: Sendable {
 
     /// New ids to bring the pool (parked + ids not yet used) back up to its size. An id the
     /// client has not used within `maxAge` never will be (its connection failed, say): it is
-    /// given up here, at the next user or resize, or the pool would stay one short for as long
-    /// as the client stays. (A connection that comes with it later is refused as unknown.)
+    /// given up here, at the next heartbeat, user or resize, or the pool would stay one short for
+    /// as long as the client stays. (A connection that comes with it later is refused as unknown.)
     private func newIDs(_ state: inout State, now: ContinuousClock.Instant) -> [ProxyID] {
         guard !state.ended else { return [] }
         state.ids = state.ids.filter { $0.value.duration(to: now) < maxAge }

@@ -1,7 +1,7 @@
 // The server's side of the proxy pool (ProxyPool.swift), which stage 3's client asks for with
-// `--pool`: steps 3 and 4 done before the user comes. Three places in TunnelServer.swift call in
-// here: a `pool <n>` line on the control connection, a user arriving, and a proxy connection
-// whose id belongs to no waiting user.
+// `--pool`: steps 3 and 4 done before the user comes. Four places in TunnelServer.swift call in
+// here: a `pool <n>` line on the control connection, each `ping` (to replace ids past their age),
+// a user arriving, and a proxy connection whose id belongs to no waiting user.
 
 import Stage0Pipe
 import Stage1Control
@@ -14,6 +14,11 @@ extension TunnelServer {
             return try channel.send(.error("pool comes after register: a pool serves the registered client"))
         }
         for id in channel.pool.resize(to: size) { try channel.send(.fillPool(id)) }
+    }
+
+    /// On every heartbeat: ids the client let pass their age are asked for again (`ProxyPool.refresh`).
+    func refreshPool(of channel: ControlChannel) throws {
+        for id in channel.pool.refresh() { try channel.send(.fillPool(id)) }
     }
 
     /// A parked proxy connection from the client's pool, told about `user`; nil when the pool

@@ -1,38 +1,68 @@
 // Step 1 on the open internet. The secret keeps strangers from registering (SharedSecret.swift);
 // this file makes sure there is one whenever strangers can reach the server, and keeps them
-// from guessing it: each address gets about ten wrong guesses a second, and no more.
+// from guessing it: each address gets about ten wrong guesses a second, and all addresses
+// together about fifty, so that an attacker with thousands of addresses guesses no faster.
 // On loopback nobody but this machine can connect, so the tutorial runs without a secret.
 
 import Stage0Pipe
 import Stage1Control
 import Stage2Proxy
 
-/// Wrong secrets allowed per address: a burst of 10, then 10 a second. At that rate a
-/// 32-hex-digit secret (`openssl rand -hex 16`, 128 bits) outlasts the universe; a short
-/// word from a dictionary does not, which is why the server warns about short secrets.
+/// Wrong secrets allowed per address: a burst of 10, then 10 a second; and for all addresses
+/// together, 50, then 50 a second. At that rate a 32-hex-digit secret (`openssl rand -hex 16`,
+/// 128 bits) outlasts the universe; a short word from a dictionary does not, which is why the
+/// server warns about short secrets. An address that has given the right secret within the last
+/// hour (the registered client's, after a server restart or a network blip) is not held to the
+/// total: a flood of guesses from elsewhere cannot lock the rightful client out.
 public final class GuessLimit: Sendable {
     private let wrongGuesses: TokenBuckets
+    private let inAll: TokenBuckets
+    /// Addresses (`addressKey`) that gave the right secret, and when they last did; at most 64.
+    private let trusted = Locked<[String: ContinuousClock.Instant]>([:])
 
-    public init(burst: Int = 10, perSecond: Double = 10) {
+    public init(burst: Int = 10, perSecond: Double = 10, burstInAll: Int = 50, perSecondInAll: Double = 50) {
         wrongGuesses = TokenBuckets(burst: burst, perSecond: perSecond)
+        inAll = TokenBuckets(burst: burstInAll, perSecond: perSecondInAll, maxKeys: 1)
     }
 
-    /// Wraps a server's `admit` check: an address that has used up its wrong guesses is
-    /// dropped without being checked (so even the right secret waits), and may retry later;
-    /// every other address is checked as usual. Dropped, not refused: a refused client stops
-    /// for good, and the rightful client behind the same address should only wait.
-    /// Every check is paid for up front and refunded unless refused: guesses sent on many
-    /// connections at once then cannot all slip through before the first one is counted.
-    public func guarding(_ check: @escaping @Sendable (LineReader) -> Admission) -> @Sendable (LineReader) -> Admission {
-        { [wrongGuesses] reader in
-            let address = reader.connection.peer.host
+    /// The server's `admit` check for `secret`, guarded: once the first line is in, an address
+    /// that has used up its wrong guesses (or, unless trusted, finds the total used up) is dropped
+    /// without being checked, so even the right secret waits; it may retry later. Dropped, not
+    /// refused: a refused client stops for good, and the rightful client behind the same address
+    /// should only wait. Nothing is spent on a connection that says nothing: only a line is a guess.
+    /// Every check is paid for before it is made and refunded unless refused: guesses sent on
+    /// many connections at once cannot all slip through before the first one is counted.
+    public func guarding(_ secret: SharedSecret, timeout: Duration) -> @Sendable (LineReader) -> Admission {
+        { [self] reader in
+            let line: [UInt8]
+            switch secret.firstLine(reader, timeout: timeout) {
+            case .success(let first): line = first
+            case .failure(let none): return none.admission
+            }
+            let address = addressKey(reader.connection.peer.host)
+            let isTrusted = trusted.withLock { $0[address].map { $0.duration(to: .now) < .seconds(3600) } ?? false }
             guard wrongGuesses.take(address) else {
                 return .dropped("too many wrong secrets from \(address); it may try again in a moment")
             }
-            let verdict = check(reader)
-            if case .refused = verdict { return verdict }  // a wrong guess: the token stays spent
+            guard isTrusted || inAll.take("all") else {
+                wrongGuesses.giveBack(address)
+                return .dropped("too many secrets to check from everyone at once; it may try again in a moment")
+            }
+            let verdict = secret.judge(firstLine: line)
+            if case .refused = verdict { return verdict }  // a wrong guess: the tokens stay spent
             wrongGuesses.giveBack(address)
+            if !isTrusted { inAll.giveBack("all") }
+            if verdict == .admitted { trust(address) }
             return verdict
+        }
+    }
+
+    private func trust(_ address: String) {
+        trusted.withLock { trusted in
+            if trusted[address] == nil && trusted.count >= 64, let oldest = trusted.min(by: { $0.value < $1.value }) {
+                trusted[oldest.key] = nil
+            }
+            trusted[address] = .now
         }
     }
 }

@@ -27,16 +27,16 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     /// executable leaves it out of its log, where it would bury everything else.
     public var isHeartbeat: Bool { if case .heartbeat = self { true } else { false } }
 
-    /// Whom the event is about, for the log's rate limit (Tool.log): the user's address, so a
-    /// flood of users cannot flood the client's log either. Nil for the client's own events.
+    /// Whom the event is about, for the log's rate limit (Tool.log): the server, for every line a
+    /// message from it causes, so that a hostile server (or whoever answers in its place) cannot
+    /// flood this log, whatever user addresses it names (they are words in its messages, not
+    /// addresses we saw); nil for the client's own events, which the back-off already paces.
     public var logSource: String? {
         switch self {
-        case .connected, .registered, .heartbeat, .controlLost, .cannotReachServer, .retrying, .serverError: nil
-        case let .userArrived(user, _), let .userTurnedDown(user, _), let .proxyOpened(user, _),
-            let .proxyFailed(user, _), let .appConnected(user, _), let .appUnreachable(user, _, _),
-            let .pooledUserArrived(user, _),
-            let .userFinished(user, _, _, _):
-            user.host
+        case .connected, .registered, .heartbeat, .controlLost, .cannotReachServer, .retrying: nil
+        case .serverError, .userArrived, .userTurnedDown, .proxyOpened, .proxyFailed, .appConnected, .appUnreachable,
+            .pooledUserArrived, .userFinished:
+            "the server"
         }
     }
 
