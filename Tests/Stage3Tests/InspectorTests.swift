@@ -292,6 +292,52 @@ struct InspectorTests {
             #expect(try viewer.next()?.name == "update")
         }
     }
+
+    @Test("pages that never read, all from one address, cannot keep a viewer from elsewhere out",
+          .enabled(if: secondLoopbackAddressWorks))
+    func idlePagesGiveWay() throws {
+        var limits = Inspector.Limits()
+        limits.viewers = 2
+        let inspector = try Inspector(title: "test", on: anyLoopbackPort, limits: limits)
+        defer { inspector.stop() }
+        let idle = try (0..<2).map { _ in
+            let page = try Connection.connect(to: inspector.endpoint)
+            try page.write("GET /events HTTP/1.1\r\n\r\n")
+            #expect(try page.readLineForTest() == "HTTP/1.1 200 OK\r")  // and reads nothing more
+            return page
+        }
+        defer { for page in idle { page.close() } }
+        let newcomer = try Connection.connect(to: inspector.endpoint, from: secondLoopbackAddress)
+        defer { newcomer.close() }
+        try newcomer.write("GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        #expect(try newcomer.readLineForTest() == "HTTP/1.1 200 OK\r")
+        let ended = idle.filter { (try? $0.readToEnd(timeout: .seconds(2))) != nil }
+        #expect(ended.count == 1, "one idle page gave its place up; the other streams on")
+        #expect(try inspector.viewers() == 2)
+    }
+
+    @Test("requests under way from one address are few: a request from elsewhere still gets the page at once",
+          .enabled(if: secondLoopbackAddressWorks))
+    func unfinishedRequestsPerAddress() throws {
+        var limits = Inspector.Limits()
+        limits.requestsPerAddress = 2
+        let inspector = try Inspector(title: "test", on: anyLoopbackPort, limits: limits)
+        defer { inspector.stop() }
+        let halfSent = try (0..<5).map { _ in
+            let request = try Connection.connect(to: inspector.endpoint)
+            try request.write("GET / HTTP/1.1\r\nHost: slo")  // and nothing more
+            return request
+        }
+        defer { for request in halfSent { request.close() } }
+        let refused = halfSent.filter {
+            String(decoding: (try? $0.read(exactly: 12, timeout: .milliseconds(500))) ?? [], as: UTF8.self) == "HTTP/1.1 503"
+        }
+        #expect(refused.count == 3, "past 2 under way from one address, a request is refused at once")
+        let elsewhere = try Connection.connect(to: inspector.endpoint, from: secondLoopbackAddress)
+        defer { elsewhere.close() }
+        try elsewhere.write("GET /state HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        #expect(try elsewhere.readLineForTest() == "HTTP/1.1 200 OK\r")
+    }
 }
 
 // MARK: Helpers

@@ -43,6 +43,13 @@
     let descriptorLimitResource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
     /// The highest soft descriptor limit `setrlimit` accepts: on Linux, the hard limit itself.
     func descriptorCeiling(hard: rlim_t) -> rlim_t { hard }
+    /// Bytes written to socket `fd` that its peer has not acknowledged yet (`ioctl(2)` with
+    /// SIOCOUTQ, which Linux spells TIOCOUTQ): they pile up when the peer stops reading.
+    public func unsentBytes(_ fd: Int32) -> Int {
+        var count: Int32 = 0
+        guard withUnsafeMutablePointer(to: &count, { ioctl(fd, UInt(TIOCOUTQ), $0) }) == 0 else { return 0 }
+        return Int(count)
+    }
 #elseif canImport(Darwin)
     @_exported import Darwin
 
@@ -79,6 +86,13 @@
         var size = MemoryLayout<Int32>.size
         guard sysctlbyname("kern.maxfilesperproc", &perProcess, &size, nil, 0) == 0, perProcess > 0 else { return hard }
         return min(hard, rlim_t(perProcess))
+    }
+    /// macOS counts them with `getsockopt(2)` and SO_NWRITE.
+    public func unsentBytes(_ fd: Int32) -> Int {
+        var count: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_NWRITE, &count, &length) == 0 else { return 0 }
+        return Int(count)
     }
 #else
     #error("ngrok-- in Swift builds on Linux (Glibc) and macOS (Darwin) only")

@@ -1,14 +1,19 @@
 // The live view (`--inspect`): a page that draws the five-step diagram and lights it up as
 // users pass through, for a room to watch while the tunnel runs. Like ngrok's page on :4040.
 // The server and the client hand every event to `record` right after logging it: one source
-// of truth, so the page, the log and the step numbers agree. `record` only folds the event
-// into the state (InspectorState.swift) and queues it for each page; it never touches a
-// socket, so a slow browser cannot slow the tunnel down. Each page has its own thread that
-// writes its queue, with a deadline; a page that stops reading is dropped.
+// of truth, so the page, the log and the step numbers agree. `record` only appends the event to
+// a bounded queue, so that watching costs the tunnel's threads next to nothing: a publisher
+// thread folds the queue into the state (InspectorState.swift), at most 50 times a second, and
+// queues the updates for each page. Each page has its own thread that writes its queue, with a
+// deadline; a page that stops reading is dropped. Strangers cannot lock the page out: each
+// address may have only a few requests under way, a request that is not whole in time is
+// closed, and when every place for a page is taken, a newcomer takes the place of a page that
+// is behind, or else of the oldest page of the address that holds the most.
 //   GET /        the page (InspectorPage.swift)
 //   GET /state   the state as JSON
 //   GET /events  Server-Sent Events: `snapshot` (the state), then one `update` per event
 
+import Dispatch
 import Stage0Pipe
 import Stage2Proxy
 
@@ -21,6 +26,10 @@ public final class Inspector: @unchecked Sendable {
         /// Pages streaming at once, and connections served at once (requests and streams).
         public var viewers = 16
         public var connections = 64
+        /// Requests under way (not yet read whole) from one address.
+        public var requestsPerAddress = 8
+        /// Events recorded and not yet shown; past this, they are counted and the page says so.
+        public var pendingEvents = 4096
         /// A request head must fit in this many bytes, and arrive within `requestTimeout`.
         public var requestBytes = 8192
         public var requestTimeout: Duration = .seconds(5)
@@ -45,20 +54,47 @@ public final class Inspector: @unchecked Sendable {
     private let limits: Limits
     private let started = ContinuousClock.now
     private let stopSignal: StopSignal
-    private var acceptThread: BackgroundThread<Void>?  // set once, at the end of init
+    private var threads: [BackgroundThread<Void>] = []  // accept and publish; set once, in init
+
+    /// Events recorded, not yet folded into the state: all that `record` touches.
+    private let pending = Locked(PendingEvents())
+    /// Signalled by `record` when the publisher waits for news.
+    private let news = DispatchSemaphore(value: 0)
 
     /// Guards everything below. Its `broadcast()` wakes the page threads when there is news.
     private let condition = Condition()
     private var state: LiveState
     private var viewers: [ObjectIdentifier: Viewer] = [:]
     private var connections: [ObjectIdentifier: Connection] = [:]
+    private var requestsUnderWay: [String: Int] = [:]
     private var stopped = false
 
     /// What one page has not been sent yet.
     private final class Viewer {
+        let connection: Connection
+        let address: String
+        let since = ContinuousClock.now
         var queue: [String] = []
-        /// Fell more than `queuedMessages` behind: its thread ends the stream.
+        /// Fell more than `queuedMessages` behind, or gave its place up: its thread ends the stream.
         var dropped = false
+        /// When it last had nothing of ours unread in its socket: a page that reads keeps up.
+        var caughtUp = ContinuousClock.now
+
+        init(_ connection: Connection) {
+            self.connection = connection
+            address = addressKey(connection.peer.host)
+        }
+    }
+
+    private struct PendingEvents {
+        var events: [(event: RecordedEvent, nowMs: Int)] = []
+        var missed = 0
+        var publisherWaits = false
+    }
+
+    private enum RecordedEvent {
+        case server(TunnelServerEvent)
+        case client(TunnelClientEvent)
     }
 
     /// The address `--inspect` names: `host:port`, or a port alone for loopback (`4040` is
@@ -76,29 +112,84 @@ public final class Inspector: @unchecked Sendable {
         self.endpoint = listener.endpoint
         self.limits = limits
         state = LiveState(title: title)
-        acceptThread = try BackgroundThread("live view on \(listener.endpoint)") { [self] in
+        threads.append(try BackgroundThread("live view on \(listener.endpoint)") { [self] in
             listener.acceptEach(unless: stopSignal) { self.serve($0) }
             listener.close()
+        })
+        do {
+            threads.append(try BackgroundThread("live view publisher") { [self] in publish() })
+        } catch {
+            stopSignal.stop()
+            threads[0].value()
+            throw error
         }
     }
 
     /// Records one server event: call it with each event, right after logging it.
-    public func record(_ event: TunnelServerEvent) {
-        let line = "\(event)"
-        fold("server: " + line, step: stepTag(of: line)) { $0.apply(event, nowMs: $1) }
-    }
+    public func record(_ event: TunnelServerEvent) { enqueue(.server(event)) }
 
     /// Records one client event: call it with each event, right after logging it.
-    public func record(_ event: TunnelClientEvent) {
-        let line = "\(event)"
-        fold("client: " + line, step: stepTag(of: line)) { $0.apply(event, nowMs: $1) }
+    public func record(_ event: TunnelClientEvent) { enqueue(.client(event)) }
+
+    /// All a tunnel's thread does for the live view: one append under a short lock, and a wake-up
+    /// for the publisher only when it is waiting for one.
+    private func enqueue(_ event: RecordedEvent) {
+        let now = nowMs()
+        let wake = pending.withLock { pending -> Bool in
+            guard pending.events.count < limits.pendingEvents else {
+                pending.missed += 1
+                return false
+            }
+            pending.events.append((event, now))
+            defer { pending.publisherWaits = false }
+            return pending.publisherWaits
+        }
+        if wake { news.signal() }
+    }
+
+    /// The publisher thread: waits for news, lets a batch gather (20 ms: at most 50 updates of
+    /// every page a second, however busy the tunnel), folds it in and wakes the pages.
+    private func publish() {
+        while !stopSignal.isStopped {
+            let idle = pending.withLock { pending in
+                pending.publisherWaits = pending.events.isEmpty && pending.missed == 0
+                return pending.publisherWaits
+            }
+            if idle { news.wait() }
+            if stopSignal.wait(timeout: .milliseconds(20)) { return }
+            condition.withLock { foldPending() }
+        }
+    }
+
+    /// Folds every pending event into the state, in order. Call with `condition` held (so that
+    /// a snapshot, which folds first too, never sees events out of order).
+    private func foldPending() {
+        let (batch, missed) = pending.withLock { pending in
+            defer { (pending.events, pending.missed) = ([], 0) }
+            return (pending.events, pending.missed)
+        }
+        for (event, now) in batch {
+            switch event {
+            case .server(let event):
+                let line = "\(event)"
+                fold("server: " + line, step: stepTag(of: line), nowMs: now) { $0.apply(event, nowMs: $1) }
+            case .client(let event):
+                let line = "\(event)"
+                fold("client: " + line, step: stepTag(of: line), nowMs: now) { $0.apply(event, nowMs: $1) }
+            }
+        }
+        if missed > 0 {
+            fold("live view: \(missed) event(s) not shown: it fell behind", step: nil, nowMs: nowMs()) { _, _ in nil }
+        }
+        if !batch.isEmpty || missed > 0 { condition.broadcast() }
     }
 
     /// Stops accepting, ends every stream and request, and waits (a few seconds at most) for
     /// their threads to finish.
     public func stop() {
         stopSignal.stop()
-        acceptThread?.value()
+        news.signal()  // the publisher may be waiting for news
+        for thread in threads { thread.value() }
         condition.lock()
         defer { condition.unlock() }
         stopped = true
@@ -110,10 +201,8 @@ public final class Inspector: @unchecked Sendable {
 
     // MARK: Events in
 
-    private func fold(_ line: String, step: Int?, _ apply: (inout LiveState, Int) -> UserRow?) {
-        condition.lock()
-        defer { condition.unlock() }
-        let now = nowMs()
+    /// Call with `condition` held.
+    private func fold(_ line: String, step: Int?, nowMs now: Int, _ apply: (inout LiveState, Int) -> UserRow?) {
         state.nowMs = now
         let user = apply(&state, now)
         state.log.append(line)
@@ -125,11 +214,11 @@ public final class Inspector: @unchecked Sendable {
         for viewer in viewers.values {
             if viewer.queue.count >= limits.queuedMessages { viewer.dropped = true } else { viewer.queue.append(message) }
         }
-        condition.broadcast()
     }
 
     /// Call with `condition` held.
     private func snapshot() -> String {
+        foldPending()
         state.nowMs = nowMs()
         state.viewers = viewers.count
         return state.json
@@ -145,9 +234,12 @@ public final class Inspector: @unchecked Sendable {
     /// One connection: read the request, answer it (or stream to it), close.
     private func serve(_ connection: Connection) {
         let id = ObjectIdentifier(connection)
+        let address = addressKey(connection.peer.host)
         let admitted = condition.withLock {
-            guard !stopped, connections.count < limits.connections else { return false }
+            guard !stopped, connections.count < limits.connections,
+                  requestsUnderWay[address, default: 0] < limits.requestsPerAddress else { return false }
             connections[id] = connection
+            requestsUnderWay[address, default: 0] += 1
             return true
         }
         guard admitted else {
@@ -156,7 +248,15 @@ public final class Inspector: @unchecked Sendable {
                                   deadline: .now + .seconds(1))
             return connection.close()
         }
+        var requestRead = false
+        let requestDone = { [self] in
+            condition.withLock {
+                requestsUnderWay[address, default: 1] -= 1
+                if requestsUnderWay[address] == 0 { requestsUnderWay[address] = nil }
+            }
+        }
         defer {
+            if !requestRead { requestDone() }
             condition.withLock {
                 connections[id] = nil
                 condition.broadcast()
@@ -165,10 +265,17 @@ public final class Inspector: @unchecked Sendable {
         let request: HTTPRequest
         do {
             request = try readRequest(from: connection, limit: limits.requestBytes, deadline: .now + limits.requestTimeout)
+        } catch where error.status.hasPrefix("408") {
+            // Too slow: answered and closed at once, not lingered over; what it sent has been read.
+            try? connection.write(responseHead(error.status, type: "text/plain; charset=utf-8", length: nil)
+                                  + error.message + "\n", deadline: .now + .seconds(1))
+            return connection.close()
         } catch {
             return respond(connection, error.status, type: "text/plain; charset=utf-8", body: error.message + "\n",
-                           extraHeaders: error.extraHeaders, timeout: limits.requestTimeout)
+                           extraHeaders: error.extraHeaders, timeout: .seconds(1))
         }
+        requestRead = true
+        requestDone()
         // A page on loopback answers only to loopback names. Otherwise a web page from anywhere
         // could point a name of its own at 127.0.0.1 (DNS rebinding) and read /state.
         if isLoopback(endpoint.host), let host = request.host, !isLoopback(host) {
@@ -194,12 +301,12 @@ public final class Inspector: @unchecked Sendable {
     /// `GET /events`: the snapshot, then every update, until the page leaves, falls behind,
     /// or the inspector stops.
     private func stream(to connection: Connection) {
-        let viewer = Viewer()
+        let viewer = Viewer(connection)
         let id = ObjectIdentifier(viewer)
         // The snapshot and the registration happen under one lock: no event can fall between
         // them (missed) or be in both (counted twice).
         let admitted = condition.withLock {
-            guard viewers.count < limits.viewers else { return false }
+            guard viewers.count < limits.viewers || makeRoom(for: viewer) else { return false }
             viewers[id] = viewer
             viewer.queue = [serverSentEvent("snapshot", data: snapshot())]
             return true
@@ -215,6 +322,7 @@ public final class Inspector: @unchecked Sendable {
                                  deadline: .now + limits.writeTimeout)
             while let messages = next(for: viewer), messages != keepAliveComment || !hasLeft(connection) {
                 try connection.write(messages, deadline: .now + limits.writeTimeout)
+                if unsentBytes(connection.fd) == 0 { condition.withLock { viewer.caughtUp = .now } }
             }
         } catch {
             // The page left, or stopped reading for `writeTimeout`: end its stream.
@@ -225,6 +333,31 @@ public final class Inspector: @unchecked Sendable {
     }
 
     private let keepAliveComment = ": keep-alive\n\n"
+
+    /// Every place for a page is taken: frees one for `newcomer`, if one should go. First a page
+    /// that is behind (bytes of ours have sat unread in its socket for a second or more); else the
+    /// oldest page of the address holding the most places, if that is more than the newcomer's
+    /// address holds, so that one address's idle sockets cannot keep everyone else out, while a
+    /// class behind one NAT does not push its own pages out in turn. Call with `condition` held.
+    private func makeRoom(for newcomer: Viewer) -> Bool {
+        let now = ContinuousClock.now
+        for viewer in viewers.values where unsentBytes(viewer.connection.fd) == 0 { viewer.caughtUp = now }
+        var leaving = viewers.values.filter { $0.caughtUp.duration(to: now) >= .seconds(1) }
+            .min { $0.caughtUp < $1.caughtUp }
+        if leaving == nil {
+            let held = Dictionary(grouping: viewers.values, by: \.address)
+            if let (_, pages) = held.max(by: { $0.value.count < $1.value.count }),
+               pages.count > held[newcomer.address, default: []].count + 1 {
+                leaving = pages.min { $0.since < $1.since }
+            }
+        }
+        guard let leaving else { return false }
+        leaving.dropped = true
+        viewers[ObjectIdentifier(leaving)] = nil
+        leaving.connection.shutdownBoth()  // wakes its thread, which ends the stream
+        condition.broadcast()
+        return true
+    }
 
     /// Whether a page that should be silent has hung up (it reads 0) or said something (not a
     /// browser): a reloaded tab frees its place at once, not after a failed write or two.
