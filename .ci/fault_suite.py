@@ -443,13 +443,13 @@ class Scenario:
         self.meter.watch(role, proc)
         return proc
 
-    def start_client(self, *args, role="client"):
+    def start_client(self, *args, role="client", app_port=None):
         env = {k: v for k, v in os.environ.items() if k != "TUNNEL_SECRET"}
         if self.secret:
             env["TUNNEL_SECRET"] = self.secret
         self.started += 1
         # Pings every second, so a server run with a short --timeout does not drop a healthy client.
-        argv = [BIN["client"], f"127.0.0.1:{self.app.port}", "--control-port", str(self.ports["control"]),
+        argv = [BIN["client"], f"127.0.0.1:{app_port or self.app.port}", "--control-port", str(self.ports["control"]),
                 "--proxy-port", str(self.ports["proxy"]), "--interval", "1s", "--timeout", "4s", *args]
         proc = Proc(f"{self.name}.client{self.started}", argv, self.logdir, env)
         if not proc.wait_line(r"registered with server", 10):
@@ -466,10 +466,10 @@ class Scenario:
     def client(self):
         return self.procs["client"]
 
-    def up(self, *server_args, prefix=()):
+    def up(self, *server_args, prefix=(), client_args=(), app_port=None):
         """Server, client, canary (two good probes), and the baseline of both processes."""
         self.start_server(*server_args, prefix=prefix)
-        self.start_client()
+        self.start_client(*client_args, app_port=app_port)
         self.canary = Canary(self.ports["public"])
         if not self.canary.success_after(time.monotonic(), 5):
             raise Failed(f"the canary never got through; client log:\n{self.client.tail()}")
@@ -967,6 +967,402 @@ def junk_after_auth(s):
     s.back_to_baseline()
 
 
+# ---------------------------------------------------------------- round two: what the attacker found
+
+FULL = False  # --full: the sizes the issue's figures were measured at; CI runs reduced sizes
+
+
+class SideApp:
+    """An app of the scenario's own, in a thread: answers /canary like the main app, and for
+    anything else runs `handle(sock, first bytes)`. Stopped with the scenario."""
+
+    def __init__(self, s, handle):
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1024)
+        self.port = self.listener.getsockname()[1]
+        self.handle = handle
+        self.held = []
+        self.closed = threading.Event()
+        threading.Thread(target=self.accept, daemon=True).start()
+        s.cleanups.append(self.stop)
+
+    def accept(self):
+        while not self.closed.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(sock,), daemon=True).start()
+
+    def serve(self, sock):
+        try:
+            sock.settimeout(30)
+            first = sock.recv(65536)
+            if first.startswith(b"GET /canary"):
+                sock.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(CANARY_BODY) + CANARY_BODY)
+                sock.close()
+                return
+            self.handle(self, sock, first)
+        except OSError:
+            sock.close()
+
+    def stop(self):
+        self.closed.set()
+        self.listener.close()
+        for sock in self.held:
+            sock.close()
+
+
+def hold_half_closed(app, sock, first):
+    """Reads to the end of the stream, then holds the half-closed connection without a word."""
+    while first:
+        first = sock.recv(65536)
+    app.held.append(sock)
+
+
+def echo(app, sock, first):
+    """Writes back everything, until the peer finishes; then finishes too."""
+    data = first
+    while data:
+        sock.sendall(data)
+        data = sock.recv(1 << 20)
+    sock.shutdown(socket.SHUT_WR)
+    sock.close()
+
+
+def half_open_reset(s, relay):
+    s.app_side = SideApp(s, hold_half_closed)
+    args = ("--relay", relay)
+    s.up(*args, client_args=args, app_port=s.app_side.port)
+    users = []
+    for n in range(20):
+        user = socket.create_connection(("127.0.0.1", s.ports["public"]), timeout=5)
+        user.sendall(b"POST /long-poll HTTP/1.0\r\n\r\nrequest %d" % n)
+        user.shutdown(socket.SHUT_WR)
+        users.append(user)
+    held = wait_for(lambda: len(s.app_side.held) == 20, 10)
+    s.expect(held, f"the app holds {len(s.app_side.held)} of 20 half-closed connections")
+    s.meter.sample()
+    for user in users:
+        user.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        user.close()
+    reset = time.monotonic()
+    s.back_to_baseline(timeout=10)
+    freed = time.monotonic() - reset
+    s.expect(freed <= 2.5, f"descriptors came back {freed:.1f} s after the resets, not within 2 s")
+    s.note(f"relay {relay}: 20 half-closed pairs, then resets: server and client back to baseline {freed:.1f} s later")
+
+
+def half_open_reset_events(s):
+    """20 users send a request, half-close, then reset, while the app holds its half-closed side
+    without a word (a long-poll endpoint): every pair is freed within 2 s, event relay."""
+    half_open_reset(s, "events")
+
+
+def half_open_reset_threads(s):
+    """The same with --relay threads on both sides."""
+    half_open_reset(s, "threads")
+
+
+def bulk_and_echoes(s, relay):
+    s.app_side = SideApp(s, echo)
+    args = ("--relay", relay, "--max-users", "2000")  # every echo comes from 127.0.0.1: past the per-address 100
+    s.up(*args, "--max-users-per-address", "2000", client_args=args, app_port=s.app_side.port)
+    import hashlib
+    size = (1 << 30) if FULL else (64 << 20)
+    payload = os.urandom(1 << 20)
+    sent_hash, got_hash = hashlib.sha256(), hashlib.sha256()
+    with socket.create_connection(("127.0.0.1", s.ports["public"]), timeout=30) as user:
+        def send():
+            for _ in range(size >> 20):
+                user.sendall(payload)
+                sent_hash.update(payload)
+            user.shutdown(socket.SHUT_WR)
+        sender = threading.Thread(target=send, daemon=True)
+        begun = time.monotonic()
+        sender.start()
+        got = 0
+        while True:
+            chunk = user.recv(1 << 20)
+            if not chunk:
+                break
+            got_hash.update(chunk)
+            got += len(chunk)
+        sender.join(30)
+        took = time.monotonic() - begun
+    s.expect(got == size and got_hash.digest() == sent_hash.digest(),
+             f"{got} of {size} bytes came back, sha256 {'equal' if got_hash.digest() == sent_hash.digest() else 'differs'}")
+    count, each = (1000, 1 << 20) if FULL else (200, 64 << 10)
+    failures = []
+
+    def one(n):
+        data = os.urandom(each)
+        try:
+            with socket.create_connection(("127.0.0.1", s.ports["public"]), timeout=30) as user:
+                user.settimeout(30)
+                threading.Thread(target=lambda: (user.sendall(data), user.shutdown(socket.SHUT_WR)), daemon=True).start()
+                back = b""
+                while chunk := user.recv(1 << 20):
+                    back += chunk
+            if back != data:
+                failures.append(f"echo {n}: {len(back)} of {len(data)} bytes, {'wrong' if back else 'none'}")
+        except OSError as error:
+            failures.append(f"echo {n}: {error}")
+    workers = [threading.Thread(target=one, args=(n,), daemon=True) for n in range(count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    s.expect(not failures, f"{len(failures)} of {count} concurrent echoes failed, e.g. {failures[:2]}")
+    s.note(f"relay {relay}: {size >> 20} MiB each way, sha256 equal, {size * 2 / took / 1e6:.0f} MB/s; "
+           f"{count} concurrent echoes of {each >> 10} KiB: {count - len(failures)} intact")
+
+
+def bulk_events(s):
+    """64 MiB each way through an echo app, sha256 checked, and 200 concurrent echoes (--full: 1 GiB
+    and 1,000 of 1 MiB), with the event relay."""
+    bulk_and_echoes(s, "events")
+
+
+def bulk_threads(s):
+    """The same with --relay threads on both sides."""
+    bulk_and_echoes(s, "threads")
+
+
+def pool_under_churn(s):
+    """The client with --pool 4: 300 users one after another and 50 at once all get the canary's
+    page through pooled proxy connections, and nothing is left behind."""
+    s.up(client_args=("--pool", "4"))
+    s.expect(s.server.wait_line(r"waits in the pool", 5), "no proxy connection was parked in the pool")
+    failed = sum(1 for _ in range(300) if exchange(s.ports["public"], b"GET /canary HTTP/1.0\r\n\r\n")[0].find(CANARY_BODY) < 0)
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(
+        CANARY_BODY in exchange(s.ports["public"], b"GET /canary HTTP/1.0\r\n\r\n")[0]), daemon=True) for _ in range(50)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(20)
+    s.expect(failed == 0 and all(results) and len(results) == 50,
+             f"{failed} of 300 sequential and {results.count(False)} of 50 concurrent users failed")
+    s.note("300 sequential + 50 concurrent users served")
+
+
+def sigstop_app(s):
+    """SIGSTOP of the app for 3 s (its kernel still accepts, nobody answers): users wait, none is
+    lost for good, and after SIGCONT the canary is back; nothing leaks."""
+    app = subprocess.Popen([sys.executable, "-c", (
+        "import http.server,sys\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        b=sys.argv[1].encode(); self.send_response(200); self.send_header('Content-Length',str(len(b)));"
+        " self.end_headers(); self.wfile.write(b)\n"
+        "    def log_message(self,*a): pass\n"
+        "http.server.ThreadingHTTPServer(('127.0.0.1',int(sys.argv[2])),H).serve_forever()\n"),
+        CANARY_BODY.decode(), str(port := free_ports(1)[0])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s.cleanups.append(lambda: (app.kill(), app.wait()))
+    wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 5)
+    s.up(app_port=port)
+    stopped = time.monotonic()
+    app.send_signal(signal.SIGSTOP)
+    time.sleep(3)
+    app.send_signal(signal.SIGCONT)
+    back = s.canary.success_after(time.monotonic(), 10)
+    s.expect(back, "the canary did not get through after the app was continued")
+    s.outage(stopped, back or time.monotonic())
+    s.note(f"app stopped 3 s; canary back {((back or time.monotonic()) - stopped - 3):.1f} s after SIGCONT")
+
+
+def loopback_addresses(count):
+    """`count` distinct loopback source addresses, 127.0.1.0 upwards (Linux routes all of 127/8 to lo)."""
+    return [f"127.0.{1 + n // 250}.{1 + n % 250}" for n in range(count)]
+
+
+def many_addresses(s):
+    """Junk, wrong secrets and users from thousands of loopback addresses (4,000 with --full, 1,000
+    in CI): the server's log grows by at most ~100 KB a second, at most ~50 secrets a second are
+    checked in all, and the canary and the client never notice."""
+    s.secret = os.urandom(16).hex()
+    s.up()
+    count = 4000 if FULL else 1000
+    addresses = loopback_addresses(count)
+    mark = s.server.size()
+    begun = time.monotonic()
+    checked = refused = served = errors = 0
+    for n, address in enumerate(addresses):
+        try:
+            reply, _ = exchange(s.ports["control"], f"auth guess{n}\n".encode(), source=address, timeout=2)
+            checked += b"wrong secret" in reply
+            reply, _ = exchange(s.ports["control"], b"junk line\n" * 4, source=address, timeout=2)
+            refused += b"closing" in reply
+            reply, _ = exchange(s.ports["public"], b"GET /canary HTTP/1.0\r\n\r\n", source=address, timeout=2)
+            served += CANARY_BODY in reply
+        except OSError:
+            errors += 1
+    elapsed = time.monotonic() - begun
+    growth = s.server.size() - mark
+    allowed_checks = 50 + 50 * elapsed + 1
+    s.expect(checked <= allowed_checks, f"{checked} secrets checked in {elapsed:.1f} s (at most {allowed_checks:.0f})")
+    allowed_log = 40_000 + 20_000 * elapsed  # 200 lines at once, then 50 a second, ~200 bytes each
+    s.expect(growth <= allowed_log, f"the log grew {growth} bytes in {elapsed:.1f} s (at most {allowed_log:.0f})")
+    s.expect(served >= count * 0.9, f"only {served} of {count} users from the many addresses were served")
+    s.note(f"{count} addresses in {elapsed:.1f} s: {checked} secrets checked ({checked / elapsed:.0f}/s), "
+           f"{refused} junk lines refused, {served} users served, {errors} errors; "
+           f"log +{growth >> 10} KiB ({growth / elapsed / 1024:.0f} KiB/s)")
+    s.back_to_baseline()
+
+
+def hostile_server(s):
+    """A server of our own that floods the real client: `fill_pool` lines past the pool it asked
+    for (100,000 with --full, 20,000 in CI) and `create_proxy` lines naming a new fake user each:
+    the client's log grows by at most ~100 KB, and it serves on."""
+    fake = socket.socket()
+    fake.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    fake.bind(("127.0.0.1", s.ports["control"]))
+    fake.listen(8)
+    s.cleanups.append(fake.close)
+    fills, creates = (100_000, 20_000) if FULL else (20_000, 5_000)
+    done = threading.Event()
+
+    def serve():
+        control, _ = fake.accept()
+        control.settimeout(10)
+        control.recv(4096)  # auth, register
+        lines = [b"registered\n"] + [b"fill_pool %032x\n" % n for n in range(fills)]
+        lines += [b"create_proxy %032x 10.%d.%d.%d:%d\n" % (n, n >> 16 & 255, n >> 8 & 255, n & 255, 1000 + n % 60000)
+                  for n in range(creates)]
+        try:
+            control.sendall(b"".join(lines))
+        except OSError:
+            pass
+        done.set()
+        time.sleep(3)
+        control.close()
+    threading.Thread(target=serve, daemon=True).start()
+    client = s.start_client("--pool", "1")
+    s.expect(done.wait(30), "the flood was not all sent within 30 s")
+    time.sleep(2)
+    growth = client.size()  # its whole log, from its first line
+    s.expect(client.alive(), f"the client died:\n{client.tail()}")
+    s.expect(growth <= 100_000, f"the client's log grew {growth} bytes for {fills + creates} hostile lines")
+    s.note(f"{fills} fill_pool + {creates} create_proxy lines: client log +{growth >> 10} KiB, client alive")
+
+
+def inspect_lockout(s):
+    """The live view under attack from 127.0.0.2: 16 pages that never read and 100 requests that
+    never finish; a viewer from 127.0.0.3 gets the page within 6 s, and the tunnel serves on."""
+    port = free_ports(1)[0]
+    s.up("--inspect", f"127.0.0.1:{port}")
+    pages = []
+    for _ in range(16):
+        page = socket.socket()
+        page.bind((ATTACKER, 0))
+        page.connect(("127.0.0.1", port))
+        page.sendall(b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        pages.append(page)
+    s.attack(pages)
+    half = []
+    for _ in range(100):
+        request = socket.socket()
+        request.bind((ATTACKER, 0))
+        try:
+            request.connect(("127.0.0.1", port))
+            request.sendall(b"GET / HTTP/1.1\r\nHost: slo")
+        except OSError:
+            pass
+        half.append(request)
+    s.attack(half)
+    begun = time.monotonic()
+    reply, _ = exchange(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", source="127.0.0.3", timeout=6)
+    took = time.monotonic() - begun
+    s.expect(reply.startswith(b"HTTP/1.1 200"), f"the viewer from elsewhere got {reply[:40]!r} within 6 s")
+    stream, _ = exchange(port, b"GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n", source="127.0.0.3", timeout=2)
+    s.expect(stream.startswith(b"HTTP/1.1 200") and b"snapshot" in stream,
+             f"a page from elsewhere was not given a place: {stream[:40]!r}")
+    s.note(f"page answered in {took:.2f} s; a stream from elsewhere took an idle page's place")
+    close_all(pages)
+    close_all(half)
+    s.back_to_baseline()
+
+
+def dripped_lines(s):
+    """20 control and 20 proxy connections from 127.0.0.2 drip their first line a byte every
+    0.3 s (slowloris): the server, run with --proxy-timeout 3s, closes each at that deadline,
+    however the bytes keep coming; the canary never notices."""
+    s.secret = os.urandom(16).hex()
+    s.up("--proxy-timeout", "3s")
+    drips = []
+    for port in (s.ports["control"], s.ports["proxy"]):
+        for _ in range(20):
+            sock = socket.socket()
+            sock.bind((ATTACKER, 0))
+            sock.connect(("127.0.0.1", port))
+            drips.append(sock)
+    s.attack(drips)
+    line = b"auth " + b"a" * 60 + b"\n"
+    begun = time.monotonic()
+    for n in range(len(line)):
+        if time.monotonic() - begun > 6:
+            break
+        for sock in drips:
+            try:
+                sock.send(line[n:n + 1])
+            except OSError:
+                pass
+        time.sleep(0.3)
+    closed = closed_by_peer(drips)
+    s.expect(closed == len(drips), f"{closed} of {len(drips)} dripping connections closed within 6 s (deadline 3 s)")
+    s.note(f"{closed} of {len(drips)} dripping connections closed by their 3 s deadline")
+    close_all(drips)
+    s.back_to_baseline()
+
+
+def pre_auth_junk(s):
+    """Before authenticating: binary garbage, a 1 MiB line with no newline, and NUL bytes, on the
+    control and proxy ports from 127.0.0.2: each closed, the log small, the canary untouched."""
+    s.secret = os.urandom(16).hex()
+    s.up()
+    mark = s.server.size()
+    endings = []
+    for port in (s.ports["control"], s.ports["proxy"]):
+        for payload in (os.urandom(4096), b"a" * (1 << 20), b"\x00" * 1000 + b"\n", b"auth\x00\xff\n"):
+            try:
+                endings.append(exchange(port, payload, source=ATTACKER, timeout=5)[1])
+            except OSError as error:  # reset while sending: closed on us, as it should be
+                endings.append(type(error).__name__)
+    s.expect("still open" not in endings, f"a connection sending junk was left open: {endings}")
+    growth = s.server.size() - mark
+    s.expect(growth < 8192, f"the log grew {growth} bytes for 8 junk connections")
+    s.note(f"8 junk connections: {', '.join(sorted(set(endings)))}; log +{growth} bytes")
+    s.back_to_baseline()
+
+
+def urgent_data(s):
+    """A user sends TCP urgent data (MSG_OOB) in the middle of its request: the byte is dropped,
+    the bytes around it arrive, the pair does not stall, with both relays."""
+    for relay in ("events", "threads"):
+        s.app_side = SideApp(s, echo)
+        args = ("--relay", relay)
+        if "server" in s.procs:
+            s.server.stop()
+            s.client.stop()
+            s.canary.stop()
+            s.procs.clear()
+        s.up(*args, client_args=args, app_port=s.app_side.port)
+        with socket.create_connection(("127.0.0.1", s.ports["public"]), timeout=5) as user:
+            user.sendall(b"before ")
+            user.send(b"!", socket.MSG_OOB)
+            user.sendall(b"after")
+            user.shutdown(socket.SHUT_WR)
+            back = b""
+            while chunk := user.recv(4096):
+                back += chunk
+        s.expect(back == b"before after", f"relay {relay}: the echo came back as {back!r}")
+        s.note(f"relay {relay}: {back!r} back, the urgent byte dropped")
+    s.back_to_baseline()
+
+
 SCENARIOS = [
     ("kill-client", kill_client_mid_download),
     ("kill-server", kill_server_and_restart),
@@ -980,6 +1376,18 @@ SCENARIOS = [
     ("stranger-register", stranger_register),
     ("wrong-secrets", wrong_secrets),
     ("junk-after-auth", junk_after_auth),
+    ("half-open-reset", half_open_reset_events),
+    ("half-open-reset-threads", half_open_reset_threads),
+    ("bulk-events", bulk_events),
+    ("bulk-threads", bulk_threads),
+    ("pool-churn", pool_under_churn),
+    ("sigstop-app", sigstop_app),
+    ("many-addresses", many_addresses),
+    ("hostile-server", hostile_server),
+    ("inspect-lockout", inspect_lockout),
+    ("dripped-lines", dripped_lines),
+    ("pre-auth-junk", pre_auth_junk),
+    ("urgent-data", urgent_data),
 ]
 
 
@@ -1054,7 +1462,12 @@ def main():
     parser.add_argument("--skip", default="", help="comma-separated scenario names not to run")
     parser.add_argument("--keep-logs", action="store_true", help="keep the logs folder even when all held")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--full", action="store_true",
+                        help="the full sizes (1 GiB each way, 1,000 echoes of 1 MiB, 4,000 addresses, 100,000 "
+                             "hostile lines) instead of CI's reduced ones")
     options = parser.parse_args()
+    global FULL
+    FULL = options.full
     if options.list:
         for name, body in SCENARIOS:
             print(f"{name:22} {' '.join(body.__doc__.split())}")
