@@ -1,6 +1,7 @@
 // Stage 2 end to end over loopback: user → public port → server → proxy connection → client.
 // The client echoes, so whatever a user sends should come back, and only to that user.
 
+import Dispatch
 import Stage0Pipe
 import Stage1Control
 import Stage2Proxy
@@ -215,7 +216,45 @@ struct TunnelTests {
         #expect(lines.contains("pong"))
         #expect(lines.contains { $0?.hasPrefix("create_proxy ") == true })
     }
+    @Test("a register its client gave up on, read late (the server was paused), does not replace the live client")
+    func staleRegisterLoses() throws {
+        // The paused server, made deterministic: the first control connection's thread waits in
+        // `admit` until the test lets it go, while its lines wait in its socket.
+        let gate = DispatchSemaphore(value: 0)
+        let first = Locked(true)
+        let events = EventRecorder<TunnelServerEvent>()
+        let server = TunnelServer(admit: { _ in
+            if first.exchange(false) { gate.wait() }
+            return .admitted
+        }, events: events.handler)
+        let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: 0, publicPort: 0, proxyPort: 0)
+        let stop = try StopSignal()
+        let running = try BackgroundThread("server") { try? server.run(listeners, stop: stop) }
+        defer {
+            stop.stop()
+            _ = running.value(timeout: testDeadline)
+        }
+        // The client's first connection: it registers, hears nothing, gives up and closes it.
+        let stale = try Connection.connect(to: listeners.control.endpoint)
+        try stale.write("register\n")
+        #expect(events.wait { if case .controlOpened = $0 { true } else { false } })
+        let staleAddress = stale.local
+        stale.close()
+        // Its next connection registers and is live.
+        let live = try Connection.connect(to: listeners.control.endpoint)
+        defer { live.close() }
+        try live.write("register\n")
+        #expect(try live.readLineForTest() == "registered")
+        // The server goes on with the stale connection's queued `register`, then its end.
+        gate.signal()
+        #expect(events.wait { if case let .controlClosed(client, _, _, _) = $0 { client == staleAddress } else { false } })
+        // The live client was not told it had been replaced: its next answer is a pong.
+        try live.write("ping\n")
+        #expect(try live.readLineForTest() == "pong")
+        #expect(!events.events.contains { if case .replaced = $0 { true } else { false } })
+    }
 }
+
 
 @Suite("Stage 2: protocol", .timeLimit(.minutes(2)))
 struct TunnelProtocolTests {

@@ -99,6 +99,7 @@ public final class TunnelServer: Sendable {
     }
 
     private func register(_ channel: ControlChannel) throws {
+        guard !channel.hasBeenGivenUp else { return }  // a stale `register` (Control/ControlChannel.swift)
         // Publish first, answer second: once the client reads `registered`, users must find it.
         let previous = client.exchange(channel)
         budgets.clientRegistered(channel)

@@ -6,8 +6,8 @@ import Dispatch
 import Stage0Pipe
 
 /// A user connection waiting for its proxy connection.
-public final class WaitingUser: Sendable {
-    public let connection: Connection
+final class WaitingUser: Sendable {
+    let connection: Connection
     let askedOver: ControlChannel  // the client's control connection that was asked for it
     let left = DispatchSemaphore(value: 0)  // signalled when the user leaves the table
     /// Gives the user's place among the server's users back (Limits/): called once, by whoever
@@ -22,10 +22,8 @@ public final class WaitingUser: Sendable {
 }
 
 /// Users waiting for proxy connections, by id. Every method is one step under one lock.
-public final class WaitingUsers: Sendable {
+final class WaitingUsers: Sendable {
     private let users = Locked<[ProxyID: WaitingUser]>([:])
-
-    public init() {}
 
     /// Adds a user under a fresh id, and returns the id.
     func add(_ user: WaitingUser) -> ProxyID {

@@ -89,6 +89,13 @@ final class ControlChannel: Sendable {
         return (released.count, running.count)
     }
 
+    /// True if the client has closed its end already: it gave this connection up (it waited too
+    /// long for an answer, say, while the server was paused) and is on a newer one. Its queued
+    /// `register` must not win over that newer connection's: the live client would be told it was
+    /// replaced, and would stop. (Only the end of the stream tells: a peek that finds it, with
+    /// nothing left unread, or a reset.)
+    var hasBeenGivenUp: Bool { connection.peerHasFinished || connection.pendingError != nil }
+
     /// A newer client took this one's place: tells it so (`closing`), and ends its connection, so
     /// that its thread wakes up, cleans up and closes it.
     func replaced(by newer: Endpoint) {
