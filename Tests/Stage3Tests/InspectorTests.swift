@@ -293,6 +293,24 @@ struct InspectorTests {
         }
     }
 
+    @Test("a burst of events larger than a page's queue gives a page that keeps up the state anew, not a reset")
+    func burstKeepsAReadingPage() throws {
+        var limits = Inspector.Limits()
+        limits.queuedMessages = 16
+        let inspector = try Inspector(title: "test", on: anyLoopbackPort, limits: limits)
+        defer { inspector.stop() }
+        let viewer = try EventStreamReader(inspector)
+        #expect(try viewer.next()?.name == "snapshot")
+        for port in UInt16(7000)..<7100 { inspector.record(.userConnected(user: Endpoint(host: "127.0.0.1", port: port))) }
+        var names: [String] = []
+        while names.count < 100, let event = try viewer.next() {  // nil: the stream ended, reset
+            names.append(event.name)
+            if event.name == "snapshot" { break }
+        }
+        #expect(names.last == "snapshot", "the burst came as a fresh snapshot, after \(names.count - 1) update(s)")
+        #expect(try inspector.viewers() == 1)
+    }
+
     @Test("pages that never read, all from one address, cannot keep a viewer from elsewhere out",
           .enabled(if: secondLoopbackAddressWorks))
     func idlePagesGiveWay() throws {

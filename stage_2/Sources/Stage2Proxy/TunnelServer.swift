@@ -3,8 +3,8 @@
 //   public  :60624  step 2: a user connects, and waits under a fresh id;
 //                   step 3: the server writes `create_proxy <id>` on the control connection
 //   proxy   :60625  step 4: the client's proxy connection names the id in its first line,
-//                   and is joined to that user (step 5, with stage 0's join)
-// Each connection has its own thread. For later, in rooms: Limits/, Pool/ (stage 3's), Log/, Control/.
+//                   and is joined to that user (step 5, with stage 0's relay)
+// A thread per connection until it is joined. For later, in rooms: Limits/, Pool/ (stage 3's), Log/, Control/.
 
 import Dispatch
 import Stage0Pipe

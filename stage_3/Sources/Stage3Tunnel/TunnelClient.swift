@@ -81,7 +81,11 @@ public final class TunnelClient: Sendable {
                     pool.withLock { $0.queued = [] }  // ids from this connection's server are void now
                     release(control)
                 }
-                let ending = try serveControl(control) { failures = 0 }
+                var registered: ContinuousClock.Instant?
+                let ending = try serveControl(control) { registered = .now }
+                // The back-off starts again only after a registration that lasted: a server that
+                // registers us and hangs up at once must not get a reconnect (and log lines) twice a second.
+                if let registered, registered.duration(to: .now) >= settings.heartbeat.timeout { failures = 0 }
                 if stopSignal.isStopped { break }
                 events(.controlLost(server: settings.control, reason: ending))
             } catch let refusal as ClosedByServer {

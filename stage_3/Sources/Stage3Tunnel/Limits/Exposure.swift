@@ -12,8 +12,11 @@ import Stage2Proxy
 /// together, 50, then 50 a second. At that rate a 32-hex-digit secret (`openssl rand -hex 16`,
 /// 128 bits) outlasts the universe; a short word from a dictionary does not, which is why the
 /// server warns about short secrets. An address that has given the right secret within the last
-/// hour (the registered client's, after a server restart or a network blip) is not held to the
-/// total: a flood of guesses from elsewhere cannot lock the rightful client out.
+/// hour (the registered client's, reconnecting after a network blip) is not held to the total:
+/// a flood of guesses from elsewhere cannot keep it out. The limit of this defence: the list is
+/// kept in memory, so after the server restarts, until the client has registered once, a flood
+/// from many addresses can delay it for as long as the flood lasts (a flood from one address
+/// cannot: its own budget runs out first).
 public final class GuessLimit: Sendable {
     private let wrongGuesses: TokenBuckets
     private let inAll: TokenBuckets

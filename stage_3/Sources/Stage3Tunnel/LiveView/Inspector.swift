@@ -26,7 +26,8 @@ public final class Inspector: @unchecked Sendable {
         /// Pages streaming at once, and connections served at once (requests and streams).
         public var viewers = 16
         public var connections = 64
-        /// Requests under way (not yet read whole) from one address.
+        /// Connections from one address that are not a page's stream: requests being read or
+        /// answered (a stream counts among the `viewers` instead).
         public var requestsPerAddress = 8
         /// Events recorded and not yet shown; past this, they are counted and the page says so.
         public var pendingEvents = 4096
@@ -77,6 +78,8 @@ public final class Inspector: @unchecked Sendable {
         var queue: [String] = []
         /// Fell more than `queuedMessages` behind, or gave its place up: its thread ends the stream.
         var dropped = false
+        /// Its queue filled up in the batch being folded (`foldPending` decides what that means).
+        var overflowed = false
         /// When it last had nothing of ours unread in its socket: a page that reads keeps up.
         var caughtUp = ContinuousClock.now
 
@@ -168,6 +171,7 @@ public final class Inspector: @unchecked Sendable {
             defer { (pending.events, pending.missed) = ([], 0) }
             return (pending.events, pending.missed)
         }
+        let behindBefore = viewers.mapValues { $0.queue.count }
         for (event, now) in batch {
             switch event {
             case .server(let event):
@@ -180,6 +184,17 @@ public final class Inspector: @unchecked Sendable {
         }
         if missed > 0 {
             fold("live view: \(missed) event(s) not shown: it fell behind", step: nil, nowMs: nowMs()) { _, _ in nil }
+        }
+        // A page whose queue overflowed in this batch alone was keeping up: a burst of events (a
+        // hundred users at once) is no reason to drop it. It gets the state as it now is instead.
+        // One that was far behind already stops reading: it is dropped.
+        let overflowed = viewers.filter { $0.value.overflowed }
+        if !overflowed.isEmpty {
+            let fresh = serverSentEvent("snapshot", data: currentSnapshot())
+            for (id, viewer) in overflowed {
+                viewer.overflowed = false
+                if behindBefore[id, default: 0] < limits.queuedMessages / 2 { viewer.queue = [fresh] } else { viewer.dropped = true }
+            }
         }
         if !batch.isEmpty || missed > 0 { condition.broadcast() }
     }
@@ -212,13 +227,18 @@ public final class Inspector: @unchecked Sendable {
                                 control: state.control, user: user)
         let message = serverSentEvent("update", data: update.json)
         for viewer in viewers.values {
-            if viewer.queue.count >= limits.queuedMessages { viewer.dropped = true } else { viewer.queue.append(message) }
+            if viewer.queue.count >= limits.queuedMessages { viewer.overflowed = true } else { viewer.queue.append(message) }
         }
     }
 
-    /// Call with `condition` held.
+    /// The state with every event recorded so far, as JSON. Call with `condition` held.
     private func snapshot() -> String {
         foldPending()
+        return currentSnapshot()
+    }
+
+    /// The state as folded so far, as JSON. Call with `condition` held.
+    private func currentSnapshot() -> String {
         state.nowMs = nowMs()
         state.viewers = viewers.count
         return state.json
@@ -248,15 +268,17 @@ public final class Inspector: @unchecked Sendable {
                                   deadline: .now + .seconds(1))
             return connection.close()
         }
-        var requestRead = false
+        // Counted among this address's requests until it closes, or becomes a page's stream.
+        let counted = Locked(true)
         let requestDone = { [self] in
+            guard counted.exchange(false) else { return }
             condition.withLock {
                 requestsUnderWay[address, default: 1] -= 1
                 if requestsUnderWay[address] == 0 { requestsUnderWay[address] = nil }
             }
         }
         defer {
-            if !requestRead { requestDone() }
+            requestDone()
             condition.withLock {
                 connections[id] = nil
                 condition.broadcast()
@@ -274,8 +296,6 @@ public final class Inspector: @unchecked Sendable {
             return respond(connection, error.status, type: "text/plain; charset=utf-8", body: error.message + "\n",
                            extraHeaders: error.extraHeaders, timeout: .seconds(1))
         }
-        requestRead = true
-        requestDone()
         // A page on loopback answers only to loopback names. Otherwise a web page from anywhere
         // could point a name of its own at 127.0.0.1 (DNS rebinding) and read /state.
         if isLoopback(endpoint.host), let host = request.host, !isLoopback(host) {
@@ -290,6 +310,7 @@ public final class Inspector: @unchecked Sendable {
             let body = condition.withLock { snapshot() }
             respond(connection, "200 OK", type: "application/json", body: body, timeout: limits.writeTimeout)
         case "/events":
+            requestDone()
             stream(to: connection)
         default:
             respond(connection, "404 Not Found", type: "text/plain; charset=utf-8",
@@ -316,7 +337,6 @@ public final class Inspector: @unchecked Sendable {
                            body: "too many viewers (\(limits.viewers)); close a tab and reload\n",
                            timeout: limits.writeTimeout)
         }
-        defer { condition.withLock { viewers[id] = nil } }
         do {
             try connection.write(responseHead("200 OK", type: "text/event-stream", length: nil) + "retry: 2000\n\n",
                                  deadline: .now + limits.writeTimeout)
@@ -327,7 +347,9 @@ public final class Inspector: @unchecked Sendable {
         } catch {
             // The page left, or stopped reading for `writeTimeout`: end its stream.
         }
-        // Whatever it did not read is dropped at once (RST) instead of lingering in the kernel.
+        // Out of the table before its descriptor is closed (its number may go to a new socket
+        // at once); whatever it did not read is dropped (RST) instead of lingering in the kernel.
+        condition.withLock { viewers[id] = nil }
         connection.resetWhenClosed()
         connection.close()
     }

@@ -93,7 +93,7 @@ func respond(_ connection: Connection, _ status: String, type: String, body: Str
     let bytes = Array(body.utf8)
     try? connection.write(Array(responseHead(status, type: type, length: bytes.count, extraHeaders: extraHeaders).utf8)
         + bytes, deadline: .now + timeout)
-    closeAfterResponse(connection, timeout: timeout)
+    closeAfterResponse(connection, timeout: min(timeout, .seconds(1)))
 }
 
 /// Closing a socket with unread bytes in it makes the kernel send RST, and an RST can destroy
