@@ -78,10 +78,11 @@ extension Join {
     /// `source` has finished sending, and that end was passed on. Until the other direction ends
     /// too, its thread watches `source` for an error: a reset that comes now ends the join (this
     /// throws it), where nothing else would notice it, as nobody reads or writes `source` any more.
-    /// `poll(2)` for no event at all still reports errors and hang-ups (POLLERR, POLLHUP); the
-    /// socket's pending error (`SO_ERROR`) says which. A hang-up without one is the other
-    /// direction's end reaching `source`; the state is checked at least every 250 ms, for an end
-    /// or failure elsewhere that `source` does not show.
+    /// `poll(2)` for no event at all still reports errors and hang-ups (POLLERR, POLLHUP) on
+    /// Linux, so a reset is seen at once; the socket's pending error (`SO_ERROR`) is asked at
+    /// least every 250 ms too, which is all that macOS is trusted with here. A hang-up without an
+    /// error is the other direction's end reaching `source`; the state is checked each time too,
+    /// for an end or failure elsewhere that `source` does not show.
     func watchForReset(after source: Connection) throws {
         let done = state.withLock { state in
             state.ended += 1
@@ -92,9 +93,9 @@ extension Join {
             let now = state.current
             if now.failing || now.ended >= now.directions { return }
             var entry = pollfd(fd: source.fd, events: 0, revents: 0)
-            guard poll(&entry, 1, 250) > 0 else { continue }
+            let ready = poll(&entry, 1, 250)
             if let error = source.pendingError { throw error }
-            sched_yield()  // hung up, cleanly: the other direction is about to count its end
+            if ready > 0 { sched_yield() }  // hung up, cleanly: the other direction is about to count its end
         }
     }
 
