@@ -9,14 +9,12 @@
 
 /// Rate-limits log lines per source (usually a peer's address), and in all.
 public final class LogThrottle: Sendable {
-    private let perSource: TokenBuckets
-    private let inAll: TokenBuckets
+    private let budget: TokenBudget
     /// Lines left out per source since its last line printed, and when quiet sources were last summed up.
     private let leftOut = Locked<(counts: [String: Int], lastSweep: ContinuousClock.Instant?)>(([:], nil))
 
     public init(burst: Int = 20, perSecond: Double = 5, burstInAll: Int = 200, perSecondInAll: Double = 50) {
-        perSource = TokenBuckets(burst: burst, perSecond: perSecond)
-        inAll = TokenBuckets(burst: burstInAll, perSecond: perSecondInAll, maxKeys: 1)
+        budget = TokenBudget(burst: burst, perSecond: perSecond, burstInAll: burstInAll, perSecondInAll: perSecondInAll)
     }
 
     /// The lines to print now for `line` from `source`: the line (saying how many of this
@@ -24,11 +22,7 @@ public final class LogThrottle: Sendable {
     /// or nothing while `source`, or the log as a whole, is over its budget.
     public func admit(_ line: @autoclosure () -> String, from source: String, now: ContinuousClock.Instant = .now) -> [String] {
         let source = addressKey(source)
-        var allowed = perSource.take(source, now: now)
-        if allowed && !inAll.take("all", now: now) {
-            perSource.giveBack(source, now: now)  // the log as a whole is full: this source is not to blame
-            allowed = false
-        }
+        let allowed = budget.take(source, now: now) == nil
         let text = allowed ? line() : ""  // formatted outside the lock, and only if it is printed
         return leftOut.withLock { state in
             var out: [String] = []
@@ -36,7 +30,7 @@ public final class LogThrottle: Sendable {
             if state.lastSweep == nil { state.lastSweep = now }
             if allowed, let last = state.lastSweep, last.duration(to: now) >= .seconds(1) {
                 state.lastSweep = now
-                let quiet = state.counts.filter { $0.key != source && perSource.hasToken($0.key, now: now) }
+                let quiet = state.counts.filter { $0.key != source && budget.perKey.hasToken($0.key, now: now) }
                 if !quiet.isEmpty {
                     out.append(summary(quiet))
                     for key in quiet.keys { state.counts[key] = nil }
@@ -66,7 +60,7 @@ public final class LogThrottle: Sendable {
     private func summary(_ counts: [String: Int]) -> String {
         let lines = counts.values.reduce(0, +)
         let sources = counts.count == 1 ? "about \(counts.keys.first!)" : "about \(counts.count) sources"
-        return "(\(lines) more line(s) \(sources) left out: over \(Int(perSource.burst)) at once or "
-            + "\(Int(perSource.perSecond)) a second from one source, or \(Int(inAll.perSecond)) a second in all)"
+        return "(\(lines) more line(s) \(sources) left out: over \(Int(budget.perKey.burst)) at once or "
+            + "\(Int(budget.perKey.perSecond)) a second from one source, or \(Int(budget.inAll.perSecond)) a second in all)"
     }
 }

@@ -62,3 +62,37 @@ public final class TokenBuckets: Sendable {
         return min(burst, bucket.tokens + seconds * perSecond)
     }
 }
+
+/// Per-key buckets with one more bucket behind them, for all keys together: one key that floods
+/// empties only its own bucket, and thousands of keys (an attacker's addresses) get no more than
+/// the whole's share. The log's rate limit and stage 3's secret checks each keep one.
+public final class TokenBudget: Sendable {
+    public let perKey: TokenBuckets
+    /// One bucket, under one key.
+    public let inAll: TokenBuckets
+
+    /// Which bucket was empty when `take` found no token.
+    public enum Refusal: Sendable { case key, all }
+
+    public init(burst: Int, perSecond: Double, burstInAll: Int, perSecondInAll: Double) {
+        perKey = TokenBuckets(burst: burst, perSecond: perSecond)
+        inAll = TokenBuckets(burst: burstInAll, perSecond: perSecondInAll, maxKeys: 1)
+    }
+
+    /// Takes a token from `key`'s bucket and, with `inAll`, one from the bucket of all keys: from
+    /// both or from neither. Nil when both were there; else which bucket was empty.
+    public func take(_ key: String, inAll countedInAll: Bool = true, now: ContinuousClock.Instant = .now) -> Refusal? {
+        guard perKey.take(key, now: now) else { return .key }
+        guard !countedInAll || inAll.take("all", now: now) else {
+            perKey.giveBack(key, now: now)  // the whole is spent: this key is not to blame
+            return .all
+        }
+        return nil
+    }
+
+    /// Puts back what `take` took (with the same `inAll`), when what it paid for turned out free.
+    public func giveBack(_ key: String, inAll countedInAll: Bool = true, now: ContinuousClock.Instant = .now) {
+        perKey.giveBack(key, now: now)
+        if countedInAll { inAll.giveBack("all", now: now) }
+    }
+}

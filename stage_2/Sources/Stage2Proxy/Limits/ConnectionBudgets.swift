@@ -64,17 +64,12 @@ final class ConnectionBudgets: Sendable {
         return false
     }
 
-    /// Runs `body` with `connection` counted in `budget`; nil if it is over a limit (and closed).
-    func counted<Result>(_ connection: Connection, in budget: ConnectionBudget, _ body: () -> Result) -> Result? {
+    /// Runs `body` with `connection` counted in `budget`; nil if it is over a limit (and closed),
+    /// or if `body` found nothing.
+    func counted<Result>(_ connection: Connection, in budget: ConnectionBudget, _ body: () -> Result?) -> Result? {
         guard count(connection, in: budget) else { return nil }
         defer { budget.give(connection.peer.host) }
         return body()
-    }
-
-    /// The same for a `body` that may find nothing: nil if over a limit, or if `body` found nothing.
-    func counted<Result>(_ connection: Connection, in budget: ConnectionBudget, _ body: () -> Result?) -> Result? {
-        let found: Result?? = counted(connection, in: budget, body)
-        return found ?? nil
     }
 }
 

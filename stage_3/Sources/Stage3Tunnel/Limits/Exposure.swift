@@ -18,14 +18,12 @@ import Stage2Proxy
 /// from many addresses can delay it for as long as the flood lasts (a flood from one address
 /// cannot: its own budget runs out first).
 public final class GuessLimit: Sendable {
-    private let wrongGuesses: TokenBuckets
-    private let inAll: TokenBuckets
+    private let guesses: TokenBudget
     /// Addresses (`addressKey`) that gave the right secret, and when they last did; at most 64.
     private let trusted = Locked<[String: ContinuousClock.Instant]>([:])
 
     public init(burst: Int = 10, perSecond: Double = 10, burstInAll: Int = 50, perSecondInAll: Double = 50) {
-        wrongGuesses = TokenBuckets(burst: burst, perSecond: perSecond)
-        inAll = TokenBuckets(burst: burstInAll, perSecond: perSecondInAll, maxKeys: 1)
+        guesses = TokenBudget(burst: burst, perSecond: perSecond, burstInAll: burstInAll, perSecondInAll: perSecondInAll)
     }
 
     /// The server's `admit` check for `secret`, guarded: once the first line is in, an address
@@ -44,17 +42,14 @@ public final class GuessLimit: Sendable {
             }
             let address = addressKey(reader.connection.peer.host)
             let isTrusted = trusted.withLock { $0[address].map { $0.duration(to: .now) < .seconds(3600) } ?? false }
-            guard wrongGuesses.take(address) else {
-                return .dropped("too many wrong secrets from \(address); it may try again in a moment")
-            }
-            guard isTrusted || inAll.take("all") else {
-                wrongGuesses.giveBack(address)
-                return .dropped("too many secrets to check from everyone at once; it may try again in a moment")
+            switch guesses.take(address, inAll: !isTrusted) {
+            case .key?: return .dropped("too many wrong secrets from \(address); it may try again in a moment")
+            case .all?: return .dropped("too many secrets to check from everyone at once; it may try again in a moment")
+            case nil: break
             }
             let verdict = secret.judge(firstLine: line)
             if case .refused = verdict { return verdict }  // a wrong guess: the tokens stay spent
-            wrongGuesses.giveBack(address)
-            if !isTrusted { inAll.giveBack("all") }
+            guesses.giveBack(address, inAll: !isTrusted)
             if verdict == .admitted { trust(address) }
             return verdict
         }

@@ -269,9 +269,10 @@ public final class Inspector: @unchecked Sendable {
             return connection.close()
         }
         // Counted among this address's requests until it closes, or becomes a page's stream.
-        let counted = Locked(true)
-        let requestDone = { [self] in
-            guard counted.exchange(false) else { return }
+        var counted = true
+        func requestDone() {
+            guard counted else { return }
+            counted = false
             condition.withLock {
                 requestsUnderWay[address, default: 1] -= 1
                 if requestsUnderWay[address] == 0 { requestsUnderWay[address] = nil }
