@@ -8,10 +8,12 @@ import Stage3Tunnel
 import TestSupport
 import Testing
 
-/// A control connection typed by hand: `auth <secret>` and `register`, then `create_proxy` lines.
+/// A control connection typed by hand: `auth <secret>`, `claim` and `register`, then `create_proxy` lines.
 private func register(_ server: RunningServer3, secret: String? = nil) throws -> Connection {
     let control = try Connection.connect(to: server.control)
-    try control.write(SharedSecret(secret).authLine + "register\n")
+    try control.write(SharedSecret(secret).authLine + handClaim)
+    #expect(try claimed(control))
+    try control.write("register\n")
     #expect(try control.readLineForTest() == "registered")
     return control
 }
@@ -107,7 +109,8 @@ struct ExposureTests {
         defer { server.stop() }
         let idlers = try (0..<2).map { _ in
             let idler = try Connection.connect(to: server.control)
-            try idler.write("auth\nping\n")
+            try idler.write("auth\n" + handClaim + "ping\n")
+            #expect(try claimed(idler))
             #expect(try idler.readLineForTest() == "pong")
             return idler
         }
@@ -127,7 +130,8 @@ struct ExposureTests {
         defer { server.stop() }
         let control = try Connection.connect(to: server.control)
         defer { control.close() }
-        try control.write("auth\n" + String(repeating: "x\n", count: 1000))
+        try control.write("auth\n" + handClaim + String(repeating: "x\n", count: 1000))
+        #expect(try claimed(control))
         #expect(try control.readLineForTest()?.hasPrefix("error ") == true)
         #expect(try control.readLineForTest()?.hasPrefix("error ") == true)
         #expect(try control.readLineForTest() == "closing too many lines this server does not understand")

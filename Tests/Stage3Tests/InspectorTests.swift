@@ -21,7 +21,7 @@ struct InspectorTests {
         #expect(response.headers.contains("Content-Type: text/html; charset=utf-8"))
         #expect(response.headers.contains("Content-Security-Policy: default-src 'none'"))
         for label in ["1. control connection", "2. user connects", "3. create_proxy", "4. proxy connection",
-                      "4. private connection", "5. joined", "<svg", "new EventSource(\"/events\")"] {
+                      "4. private connection", "5. joined", "<svg", "new EventSource(\"events\")"] {
             #expect(response.body.contains(label), "the page has \(label)")
         }
         #expect(!response.body.contains("src=\"http"), "no external assets")

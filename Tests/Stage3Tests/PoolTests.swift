@@ -11,10 +11,12 @@ import Testing
 private func parked(_ event: TunnelServerEvent) -> Bool { if case .proxyParked = event { true } else { false } }
 private func pooledUse(_ event: TunnelServerEvent) -> Bool { if case .pooledProxy = event { true } else { false } }
 
-/// A client typed by hand: authenticates, registers and asks for a pool of `size`.
+/// A client typed by hand: authenticates, claims a name, registers and asks for a pool of `size`.
 private func rawClient(_ server: RunningServer3, pool size: Int) throws -> Connection {
     let control = try Connection.connect(to: server.control)
-    try control.write("auth\nregister\npool \(size)\n")
+    try control.write("auth\n" + handClaim)
+    #expect(try claimed(control))
+    try control.write("register\npool \(size)\n")
     #expect(try control.readLineForTest() == "registered")
     return control
 }
@@ -150,6 +152,8 @@ struct PoolTests {
         let server = try control.accept(within: testDeadline)
         defer { server.close() }
         #expect(try server.readLineForTest() == "auth")
+        #expect(try server.readLineForTest()?.hasPrefix("claim ") == true)
+        try server.write("claimed pooled 1\n")
         #expect(try server.readLineForTest() == "register")
         try server.write("registered\n")
         var line = try server.readLineForTest()

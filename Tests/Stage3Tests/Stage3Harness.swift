@@ -27,7 +27,8 @@ final class RunningServer3: Sendable {
         var limits = limits
         limits.relay = relayUnderTest
         let server = TunnelServer(heartbeatTimeout: heartbeatTimeout, proxyTimeout: .seconds(10), limits: limits,
-                                  admit: guesses.guarding(SharedSecret(secret), timeout: authTimeout),
+                                  admit: answeringClaims(after: guesses.guarding(SharedSecret(secret), timeout: authTimeout),
+                                                         publicPort: listeners.public.endpoint.port, timeout: authTimeout),
                                   events: events.handler)
         thread = try BackgroundThread("stage 3 server") { [stopSignal] in try? server.run(listeners, stop: stopSignal) }
     }
@@ -39,6 +40,14 @@ final class RunningServer3: Sendable {
     }
 
     var ports: (control: UInt16, public: UInt16, proxy: UInt16) { (control.port, self.public.port, proxy.port) }
+}
+
+/// What a client typed by hand sends after `auth`: a claim to the name "hand", any port.
+let handClaim = "claim hand t0ken 0\n"
+
+/// Reads the server's answer to `handClaim`: true if it is `claimed hand <port>`.
+func claimed(_ control: Connection) throws -> Bool {
+    try control.readLineForTest()?.hasPrefix("claimed hand ") == true
 }
 
 /// The real tunnel client, running on a background thread, with its events recorded.

@@ -52,7 +52,7 @@ public final class TunnelServer: Sendable {
 
     // MARK: Step 1: the control connection
 
-    func serveControl(_ connection: Connection, stop: StopSignal) {
+    package func serveControl(_ connection: Connection, stop: StopSignal) {
         let channel = ControlChannel(connection, sendTimeout: heartbeatTimeout, poolMaxAge: limits.poolMaxAge)
         let peer = connection.peer
         controlConnections.add(connection)
@@ -113,7 +113,7 @@ public final class TunnelServer: Sendable {
 
     // MARK: Steps 2 and 3: a user arrives; ask the client for a proxy connection
 
-    func serveUser(_ user: Connection) {
+    package func serveUser(_ user: Connection) {
         guard budgets.count(user, in: budgets.users) else { return }
         let release: @Sendable () -> Void = { [budgets] in budgets.users.give(user.peer.host) }
         events(.userConnected(user: user.peer))
@@ -151,16 +151,21 @@ public final class TunnelServer: Sendable {
 
     func serveProxy(_ proxy: Connection) {
         let reader = LineReader(proxy, maxLineLength: 64)
-        let channel = client.current
         guard let id = budgets.counted(proxy, in: budgets.forProxy(proxy), { readID(proxy, reader) }) else { return }
-        if let user = waiting.take(id) {
-            events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
-            // Bytes that came right after the `proxy <id>` line are the start of the user's data.
-            joinUser(user.connection, to: proxy, early: reader.takeBuffered(), through: user.askedOver,
-                     done: user.release)
-        } else if !parkIfPooled(proxy, id: id, reader: reader, channel: channel) {  // Pool/
+        if !pair(proxy, id: id, reader: reader) {
             reject(proxy, "id \(id.short) is not waiting: never issued, expired, or already used")
         }
+    }
+
+    /// Joins `proxy` to the user waiting under `id`; false if no user of this server's has that id.
+    package func pair(_ proxy: Connection, id: ProxyID, reader: LineReader) -> Bool {
+        guard let user = waiting.take(id) else {
+            return parkIfPooled(proxy, id: id, reader: reader, channel: client.current)  // Pool/
+        }
+        events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
+        // Bytes that came right after the `proxy <id>` line are the start of the user's data.
+        joinUser(user.connection, to: proxy, early: reader.takeBuffered(), through: user.askedOver, done: user.release)
+        return true
     }
 
     /// Step 5: joins `user` to `proxy`, `early` first; `done` when both are closed. Reset if `channel` ends.

@@ -5,9 +5,10 @@
 // and anything else over TCP go through as bytes.
 // New as well: when the control connection drops or cannot be made, the client tries again,
 // waiting longer each time (Backoff.swift), so a server restart heals on its own; and every
-// control connection opens with `auth` (SharedSecret.swift). The server is stage 2's, with the
-// secret's check in front (stage3-server/main.swift). Read later: the pool (Pool/), the log
-// lines (Log/), the live view (LiveView/), guessing and exposure (Limits/), the demo (Demo/).
+// control connection opens with `auth` (SharedSecret.swift) and a `claim` for a name and a public
+// port (Class/Claim.swift). The server is stage 2's, with those checks in front
+// (stage3-server/main.swift). Read later: class mode (Class/), the pool (Pool/), the log lines
+// (Log/), the live view (LiveView/), guessing and exposure (Limits/), the demo (Demo/).
 
 import Stage0Pipe
 import Stage1Control
@@ -27,6 +28,9 @@ public struct TunnelClientSettings: Sendable {
     /// The server's proxy port (60625).
     public var proxy: Endpoint
     public var secret = SharedSecret(nil)
+    /// The name to claim (`--name`), and the public port to ask for (`--remote-port`; 0: any).
+    public var name = Claim.defaultName()
+    public var remotePort: UInt16 = 0
     public var heartbeat = Heartbeat.standard
     public var backoff = Backoff()
     /// Users joined to the local app at once; the server's requests beyond it are turned down,
@@ -62,9 +66,14 @@ public final class TunnelClient: Sendable {
     /// free. A refill may overtake the `user` line that frees its place, as the server sends both
     /// at once on different connections: it waits here instead of being lost.
     let pool = Locked(PoolPlaces())
+    /// Our `claim` line: the name, the port, and a token made now and kept across reconnects,
+    /// so that the server gives the name back to us, and to no one else.
+    let claim: Claim
 
-    /// Throws if the process is out of descriptors already (its `StopSignal` needs a pipe).
+    /// Throws if the name is not a valid one, or the process is out of descriptors already (its
+    /// `StopSignal` needs a pipe).
     public init(_ settings: TunnelClientSettings, events: @escaping @Sendable (TunnelClientEvent) -> Void) throws {
+        claim = try Claim(name: settings.name, token: Claim.newToken(), port: settings.remotePort)
         stopSignal = try StopSignal()
         self.settings = settings
         self.events = events
@@ -108,12 +117,21 @@ public final class TunnelClient: Sendable {
         open.shutdownAll()
     }
 
-    /// Step 1: authenticate, register, keep the heartbeat, and answer `create_proxy`.
+    /// Step 1: authenticate, claim our name, register, keep the heartbeat, and answer `create_proxy`.
     /// Calls `registered` once the server has accepted us.
     private func serveControl(_ control: Connection, registered: () -> Void) throws -> String {
         events(.connected(server: control.peer, local: control.local))
-        try control.write(settings.secret.authLine + ClientMessage.register.encoded)
-        let ending = try runClientHeartbeat(LineReader(control), heartbeat: settings.heartbeat) { line in
+        let reader = LineReader(control)
+        try control.write(settings.secret.authLine + claim.line)
+        // `register` waits for the answer, so a connection we give up on never registers.
+        guard let line = try reader.readLine(deadline: .now + settings.heartbeat.timeout) else {
+            return "the server closed it before answering our claim"
+        }
+        if case .closing(let reason)? = try? ServerMessage(line: line) { throw ClosedByServer(reason: reason) }
+        guard let claimed = Claimed(line: line) else { return "the server answered our claim with something else" }
+        events(.claimed(name: claimed.name, publicAt: Endpoint(host: settings.control.host, port: claimed.port)))
+        try control.write(ClientMessage.register.encoded)
+        let ending = try runClientHeartbeat(reader, heartbeat: settings.heartbeat) { line in
             switch try ServerMessage(line: line) {
             case .pong: events(.heartbeat(server: control.peer))
             case .registered:

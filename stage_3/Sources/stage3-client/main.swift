@@ -14,15 +14,21 @@ let tool = Tool(
                              [--secret word] [--interval duration] [--timeout duration]
                              [--max-users N] [--idle-timeout duration] [--stall-timeout duration]
                              [--pool N] [--inspect address] [--relay events|threads]
+                             [--name NAME] [--remote-port N]
 
         Makes the app at <local-app host:port> reachable on the server's public port.
         Dials out to the server (default 127.0.0.1), so it works from behind NAT; if the
         server goes away it keeps retrying, waiting longer each time (up to 30 s).
-        Exits 1 if the server refuses it (wrong secret, or replaced by a newer client).
+        Exits 1 if the server refuses it (wrong secret, a name held by another client, or
+        replaced by a newer client).
 
           --control-port N     the server's control port (default 60623)
           --proxy-port N       the server's proxy port (default 60625)
           --secret word        the server's shared secret (default: $TUNNEL_SECRET, else none)
+          --name NAME          the name to claim on the server: lowercase letters, digits and
+                               dashes, up to 32 (default: this machine's name, here "\(Claim.defaultName())");
+                               on a class-mode server, a name another client holds is refused
+          --remote-port N      the public port to ask a class-mode server for (default: any free one)
           --interval duration  time between pings (default 5s)
           --timeout duration   reconnect after this much silence from the server (default 15s)
           --max-users N        users joined to the app at once; the server's requests beyond that
@@ -49,6 +55,9 @@ let (settings, inspect) = tool.parse { arguments in
     let controlPort = try arguments.port("--control-port", default: 60623)
     let proxyPort = try arguments.port("--proxy-port", default: 60625)
     let secret = try SharedSecret.parse(flag: try arguments.value("--secret"))
+    let name = try arguments.value("--name") ?? Claim.defaultName()
+    let remotePort = try arguments.port("--remote-port", default: 0)
+    _ = try Claim(name: name, token: "checked", port: remotePort)  // a bad name is a usage error, exit 2
     let heartbeat = try Heartbeat.fromFlags(&arguments)
     let defaults = ServerLimits()  // the client's limits default to the server's
     let maxUsers = try arguments.count("--max-users", default: defaults.maxUsers)
@@ -70,6 +79,8 @@ let (settings, inspect) = tool.parse { arguments in
         localApp: try parseEndpoint(rest[0], what: "the local app"),
         control: Endpoint(host: serverHost, port: controlPort), proxy: Endpoint(host: serverHost, port: proxyPort))
     settings.secret = secret
+    settings.name = name
+    settings.remotePort = remotePort
     settings.heartbeat = heartbeat
     settings.maxUsers = maxUsers
     settings.pool = pool

@@ -29,6 +29,11 @@ public struct Arguments {
         return value
     }
 
+    /// True when `--name` is there, as a switch or with a value; consumes nothing.
+    public func has(_ name: String) -> Bool {
+        words.contains { $0 == name || $0.hasPrefix(name + "=") }
+    }
+
     /// True when the switch `--name` is present.
     public mutating func flag(_ name: String) -> Bool {
         guard let index = words.firstIndex(of: name) else { return false }

@@ -73,23 +73,27 @@ final class ConnectionBudgets: Sendable {
     }
 }
 
-/// Connections counted by source address, under a total and a per-address cap.
-final class ConnectionBudget: Sendable {
+/// Connections counted by source address, under a total and a per-address cap. (`package`:
+/// stage 3's class mode keeps counts of its own at the door it puts in front of many servers.)
+package final class ConnectionBudget: Sendable {
     /// What is counted, for the log: "users", "pending connections".
     let what: String
     let total: (limit: Int, flag: String)
     let perAddress: (limit: Int, flag: String)
     private let counts = Locked<(total: Int, byAddress: [String: Int])>((0, [:]))
 
-    init(_ what: String, total: (Int, String), perAddress: (Int, String)) {
+    package init(_ what: String, total: (Int, String), perAddress: (Int, String)) {
         self.what = what
         self.total = total
         self.perAddress = perAddress
     }
 
+    /// Connections counted now.
+    package var current: Int { counts.withLock { $0.total } }
+
     /// Counts one more connection from `host` (by `addressKey`: an IPv6 /64 counts as one
     /// address), or says which limit it is over (and counts nothing).
-    func take(_ host: String) -> String? {
+    package func take(_ host: String) -> String? {
         let host = addressKey(host)
         return counts.withLock { counts in
             if counts.total >= total.limit {
@@ -105,7 +109,7 @@ final class ConnectionBudget: Sendable {
     }
 
     /// Counts one connection from `host` less (one that `take` counted).
-    func give(_ host: String) {
+    package func give(_ host: String) {
         let host = addressKey(host)
         counts.withLock { counts in
             counts.total -= 1

@@ -15,9 +15,9 @@
 import Stage0Pipe
 
 /// One client's pool of parked proxy connections.
-final class ProxyPool: Sendable {
+package final class ProxyPool: Sendable {
     /// The most proxy connections a client may keep parked.
-    static let maxSize = 16
+    package static let maxSize = 16
     /// How long a parked connection may wait for a user: well under the idle timeouts of the
     /// NAT routers we know of (minutes), so that a connection we hand out is still open.
     let maxAge: Duration

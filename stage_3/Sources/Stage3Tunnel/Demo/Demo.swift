@@ -48,7 +48,9 @@ public func runDemo(inspector: Inspector? = nil, repeatUntil again: StopSignal? 
 
     let secret = SharedSecret("demo-secret")
     let userDone = DispatchSemaphore(value: 0)
-    let server = TunnelServer(proxyTimeout: .seconds(5), admit: secret.check(timeout: .seconds(5))) { event in
+    let admit = answeringClaims(after: secret.check(timeout: .seconds(5)), publicPort: listeners.public.endpoint.port,
+                                timeout: .seconds(5))
+    let server = TunnelServer(proxyTimeout: .seconds(5), admit: admit) { event in
         say("server: \(event)")
         inspector?.record(event)
         if case .userFinished = event { userDone.signal() }

@@ -35,24 +35,29 @@ public final class GuessLimit: Sendable {
     /// many connections at once cannot all slip through before the first one is counted.
     public func guarding(_ secret: SharedSecret, timeout: Duration) -> @Sendable (LineReader) -> Admission {
         { [self] reader in
-            let line: [UInt8]
             switch secret.firstLine(reader, timeout: timeout) {
-            case .success(let first): line = first
-            case .failure(let none): return none.admission
+            case .success(let line): check(line, from: reader.connection.peer.host, against: secret)
+            case .failure(let none): none.admission
             }
-            let address = addressKey(reader.connection.peer.host)
-            let isTrusted = trusted.withLock { $0[address].map { $0.duration(to: .now) < .seconds(3600) } ?? false }
-            switch guesses.take(address, inAll: !isTrusted) {
-            case .key?: return .dropped("too many wrong secrets from \(address); it may try again in a moment")
-            case .all?: return .dropped("too many secrets to check from everyone at once; it may try again in a moment")
-            case nil: break
-            }
-            let verdict = secret.judge(firstLine: line)
-            if case .refused = verdict { return verdict }  // a wrong guess: the tokens stay spent
-            guesses.giveBack(address, inAll: !isTrusted)
-            if verdict == .admitted { trust(address) }
-            return verdict
         }
+    }
+
+    /// The verdict on a first line `line` from `host`, guarded as `guarding` describes: for a
+    /// door that has read the line already (class mode's, which reads it to tell a control
+    /// connection from a proxy connection on one port).
+    public func check(_ line: [UInt8], from host: String, against secret: SharedSecret) -> Admission {
+        let address = addressKey(host)
+        let isTrusted = trusted.withLock { $0[address].map { $0.duration(to: .now) < .seconds(3600) } ?? false }
+        switch guesses.take(address, inAll: !isTrusted) {
+        case .key?: return .dropped("too many wrong secrets from \(address); it may try again in a moment")
+        case .all?: return .dropped("too many secrets to check from everyone at once; it may try again in a moment")
+        case nil: break
+        }
+        let verdict = secret.judge(firstLine: line)
+        if case .refused = verdict { return verdict }  // a wrong guess: the tokens stay spent
+        guesses.giveBack(address, inAll: !isTrusted)
+        if verdict == .admitted { trust(address) }
+        return verdict
     }
 
     private func trust(_ address: String) {

@@ -12,6 +12,8 @@
 //   GET /        the page (InspectorPage.swift)
 //   GET /state   the state as JSON
 //   GET /events  Server-Sent Events: `snapshot` (the state), then one `update` per event
+// In class mode (ClassView.swift), `/` lists the tunnels, `/state` names them all, and each
+// tunnel's own page is at /tunnel/<name>/, served by an inspector of its own without a listener.
 
 import Dispatch
 import Stage0Pipe
@@ -53,6 +55,8 @@ public final class Inspector: @unchecked Sendable {
             + (isLoopback(endpoint.host) ? "" : "; it listens beyond loopback: whoever reaches it sees every user's address")
     }
     private let limits: Limits
+    /// Class mode's list of tunnels, and their own inspectors; nil for one tunnel.
+    let classView: ClassView?
     private let started = ContinuousClock.now
     private let stopSignal: StopSignal
     private var threads: [BackgroundThread<Void>] = []  // accept and publish; set once, in init
@@ -109,11 +113,13 @@ public final class Inspector: @unchecked Sendable {
 
     /// Serves the live view on `endpoint` (a background thread accepts) until `stop()`.
     /// `title` says whose events it shows: "server", "client" or "demo".
-    public init(title: String, on endpoint: Endpoint, limits: Limits = Limits()) throws {
+    /// `classView`: class mode's tunnels (the server with `--ports`).
+    public init(title: String, on endpoint: Endpoint, limits: Limits = Limits(), classView: ClassView? = nil) throws {
         stopSignal = try StopSignal()
         let listener = try Listener(on: endpoint)
         self.endpoint = listener.endpoint
         self.limits = limits
+        self.classView = classView
         state = LiveState(title: title)
         threads.append(try BackgroundThread("live view on \(listener.endpoint)") { [self] in
             listener.acceptEach(unless: stopSignal) { self.serve($0) }
@@ -126,6 +132,18 @@ public final class Inspector: @unchecked Sendable {
             threads[0].value()
             throw error
         }
+        classView?.attach(to: self)
+    }
+
+    /// One tunnel's inspector in class mode: no listener of its own; `parent` reads its requests
+    /// and hands them over (`answer`).
+    init(title: String, servedBy parent: Inspector) throws {
+        stopSignal = try StopSignal()
+        endpoint = parent.endpoint
+        limits = parent.limits
+        classView = nil
+        state = LiveState(title: title)
+        threads.append(try BackgroundThread("live view publisher for \(title)") { [self] in publish() })
     }
 
     /// Records one server event: call it with each event, right after logging it.
@@ -133,6 +151,9 @@ public final class Inspector: @unchecked Sendable {
 
     /// Records one client event: call it with each event, right after logging it.
     public func record(_ event: TunnelClientEvent) { enqueue(.client(event)) }
+
+    /// Records one event of a class-mode server: each tunnel's go to its own page.
+    public func record(_ event: ClassServerEvent) { classView?.record(event) }
 
     /// All a tunnel's thread does for the live view: one append under a short lock, and a wake-up
     /// for the publisher only when it is waiting for one.
@@ -202,6 +223,7 @@ public final class Inspector: @unchecked Sendable {
     /// Stops accepting, ends every stream and request, and waits (a few seconds at most) for
     /// their threads to finish.
     public func stop() {
+        classView?.stopAll()
         stopSignal.stop()
         news.signal()  // the publisher may be waiting for news
         for thread in threads { thread.value() }
@@ -304,7 +326,16 @@ public final class Inspector: @unchecked Sendable {
                            body: "this page answers to localhost and 127.0.0.1 only, not to \(host)\n",
                            timeout: limits.writeTimeout)
         }
-        switch request.path {
+        if let classView {
+            classView.answer(connection, path: request.path, timeout: limits.writeTimeout, requestDone: requestDone)
+        } else {
+            answer(connection, path: request.path, requestDone: requestDone)
+        }
+    }
+
+    /// Answers a request for `path`, read already; `requestDone` when it becomes a stream.
+    func answer(_ connection: Connection, path: String, requestDone: () -> Void) {
+        switch path {
         case "/":
             respond(connection, "200 OK", type: "text/html; charset=utf-8", body: inspectorPage, timeout: limits.writeTimeout)
         case "/state":
@@ -315,7 +346,7 @@ public final class Inspector: @unchecked Sendable {
             stream(to: connection)
         default:
             respond(connection, "404 Not Found", type: "text/plain; charset=utf-8",
-                    body: "not found: \(request.path) (this server has /, /state and /events)\n",
+                    body: "not found: \(path) (this server has /, /state and /events)\n",
                     timeout: limits.writeTimeout)
         }
     }

@@ -189,7 +189,7 @@ function freezeIfDone() {
   $("status").className = "frozen";
 }
 
-const source = new EventSource("/events");
+const source = new EventSource("events")  // relative: a class tunnel's page is at /tunnel/<name>/;
 source.addEventListener("snapshot", e => {
   const s = JSON.parse(e.data);
   offset = Date.now() - s.nowMs;

@@ -139,6 +139,8 @@ extension LiveState {
         case .connected(let server, _):
             setControl("connected", server: server, nowMs: nowMs)
             endpoints.control = endpoints.control ?? "\(server)"  // the client knows no more of the server
+        case .claimed(_, let publicAt):
+            endpoints.public = "\(publicAt)"  // the client learns its public port from the server
         case let .registered(server, app):
             setControl("registered", server: server, nowMs: nowMs)
             endpoints.app = "\(app)"

@@ -7,6 +7,8 @@ import Stage2Proxy
 /// What the tunnel client does, one case per log line, tagged with its step in the diagram.
 public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     case connected(server: Endpoint, local: Endpoint)
+    /// The server gave us the name we claimed, and the public address users can reach us at.
+    case claimed(name: String, publicAt: Endpoint)
     case registered(server: Endpoint, localApp: Endpoint)
     /// The server answered a `ping`: it is alive (stage 1's heartbeat).
     case heartbeat(server: Endpoint)
@@ -33,7 +35,7 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     /// addresses we saw); nil for the client's own events, which the back-off already paces.
     public var logSource: String? {
         switch self {
-        case .connected, .registered, .heartbeat, .controlLost, .cannotReachServer, .retrying: nil
+        case .connected, .claimed, .registered, .heartbeat, .controlLost, .cannotReachServer, .retrying: nil
         case .serverError, .userArrived, .userTurnedDown, .proxyOpened, .proxyFailed, .appConnected, .appUnreachable,
             .pooledUserArrived, .userFinished:
             "the server"
@@ -43,7 +45,9 @@ public enum TunnelClientEvent: Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .connected(server, local):
-            "[1] control connection open to server \(server) (from \(local)); authenticating and registering"
+            "[1] control connection open to server \(server) (from \(local)); authenticating, claiming a name and registering"
+        case let .claimed(name, publicAt):
+            "[1] the name \(name) is ours: public at \(publicAt)"
         case let .registered(server, app):
             "[1] registered with server \(server): its users will reach \(app)"
         case .heartbeat(let server):
