@@ -361,10 +361,13 @@ struct InspectorTests {
 // MARK: Helpers
 
 /// A whole HTTP response to one request written raw (so tests can send anything at all).
-private struct HTTPResponse {
+struct HTTPResponse {
     let status: String
     let headers: String
     let body: String
+
+    /// The body parsed as a JSON object, if it is one.
+    var json: [String: Any]? { try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] }
 
     init(asking inspector: Inspector, _ request: String) throws {
         let connection = try Connection.connect(to: inspector.endpoint)
@@ -443,7 +446,9 @@ private final class InspectedTunnel: Sendable {
         stopSignal = try StopSignal()
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: 0, publicPort: 0, proxyPort: 0)
         self.public = listeners.public.endpoint
-        let server = TunnelServer { inspector.record($0) }
+        let admit = answeringClaims(after: SharedSecret(nil).check(timeout: .seconds(5)),
+                                    publicPort: listeners.public.endpoint.port, timeout: .seconds(5))
+        let server = TunnelServer(admit: admit) { inspector.record($0) }
         let registered = EventRecorder<TunnelClientEvent>()
         let client = try TunnelClient(TunnelClientSettings(localApp: app, control: listeners.control.endpoint,
                                                        proxy: listeners.proxy.endpoint)) { event in

@@ -56,8 +56,15 @@ final class RunningClient3: Sendable {
     let events = EventRecorder<TunnelClientEvent>()
     let thread: BackgroundThread<ClosedByServer?>
 
-    init(app: Endpoint, server: RunningServer3, secret: String? = nil, pool: Int = 0) throws {
-        var settings = TunnelClientSettings(localApp: app, control: server.control, proxy: server.proxy)
+    convenience init(app: Endpoint, server: RunningServer3, secret: String? = nil, pool: Int = 0) throws {
+        try self.init(app: app, control: server.control, proxy: server.proxy, secret: secret, pool: pool)
+    }
+
+    init(app: Endpoint, control: Endpoint, proxy: Endpoint, secret: String? = nil, pool: Int = 0,
+         name: String = "test", remotePort: UInt16 = 0) throws {
+        var settings = TunnelClientSettings(localApp: app, control: control, proxy: proxy)
+        settings.name = name
+        settings.remotePort = remotePort
         settings.secret = SharedSecret(secret)
         settings.pool = pool
         settings.relay = relayUnderTest

@@ -4,7 +4,7 @@
 //                   step 3: the server writes `create_proxy <id>` on the control connection
 //   proxy   :60625  step 4: the client's proxy connection names the id in its first line,
 //                   and is joined to that user (step 5, with stage 0's relay)
-// A thread per connection until it is joined. For later, in rooms: Limits/, Pool/ (stage 3's), Log/, Control/.
+// A thread per connection until it is joined. Later, in rooms: Limits/, Pool/, Log/, Control/, Listeners/.
 
 import Dispatch
 import Stage0Pipe
@@ -157,11 +157,9 @@ public final class TunnelServer: Sendable {
         }
     }
 
-    /// Joins `proxy` to the user waiting under `id`; false if no user of this server's has that id.
+    /// Joins `proxy` to the user waiting under `id`; false if this server has no use for `id`.
     package func pair(_ proxy: Connection, id: ProxyID, reader: LineReader) -> Bool {
-        guard let user = waiting.take(id) else {
-            return parkIfPooled(proxy, id: id, reader: reader, channel: client.current)  // Pool/
-        }
+        guard let user = waiting.take(id) else { return parkIfPooled(proxy, id: id, reader: reader) }  // Pool/
         events(.proxyMatched(proxy: proxy.peer, user: user.connection.peer))
         // Bytes that came right after the `proxy <id>` line are the start of the user's data.
         joinUser(user.connection, to: proxy, early: reader.takeBuffered(), through: user.askedOver, done: user.release)

@@ -10,8 +10,7 @@ final class WaitingUser: Sendable {
     let connection: Connection
     let askedOver: ControlChannel  // the client's control connection that was asked for it
     let left = DispatchSemaphore(value: 0)  // signalled when the user leaves the table
-    /// Gives the user's place among the server's users back (Limits/): called once, by whoever
-    /// took the user out of the table, when done with it.
+    /// Gives back the user's place in the count (Limits/); called once, by whoever took it out.
     let release: @Sendable () -> Void
 
     init(connection: Connection, askedOver: ControlChannel, release: @escaping @Sendable () -> Void) {
@@ -42,8 +41,7 @@ final class WaitingUsers: Sendable {
     /// Removes every user that was asked for over `control` (its client has gone).
     func takeAll(askedOver control: ControlChannel) -> [WaitingUser] {
         let gone = users.withLock { users in
-            let ids = users.filter { $0.value.askedOver === control }.map(\.key)
-            return ids.compactMap { users.removeValue(forKey: $0) }
+            users.filter { $0.value.askedOver === control }.keys.compactMap { users.removeValue(forKey: $0) }
         }
         for user in gone { user.left.signal() }
         return gone

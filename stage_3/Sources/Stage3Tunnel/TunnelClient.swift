@@ -128,7 +128,7 @@ public final class TunnelClient: Sendable {
             return "the server closed it before answering our claim"
         }
         if case .closing(let reason)? = try? ServerMessage(line: line) { throw ClosedByServer(reason: reason) }
-        guard let claimed = Claimed(line: line) else { return "the server answered our claim with something else" }
+        guard let claimed = Claimed(line: line) else { return "the server did not answer our claim (is it stage 3's?)" }
         events(.claimed(name: claimed.name, publicAt: Endpoint(host: settings.control.host, port: claimed.port)))
         try control.write(ClientMessage.register.encoded)
         let ending = try runClientHeartbeat(reader, heartbeat: settings.heartbeat) { line in

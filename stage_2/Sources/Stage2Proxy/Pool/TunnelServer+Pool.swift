@@ -42,8 +42,8 @@ extension TunnelServer {
 
     /// A proxy connection named `id`, which no waiting user has: if `id` is one the pool asked
     /// for, the connection is parked until a user takes it. False if `id` is not the pool's.
-    func parkIfPooled(_ proxy: Connection, id: ProxyID, reader: LineReader, channel: ControlChannel?) -> Bool {
-        guard let channel, channel.pool.claim(id) else { return false }
+    func parkIfPooled(_ proxy: Connection, id: ProxyID, reader: LineReader) -> Bool {
+        guard let channel = client.current, channel.pool.claim(id) else { return false }
         guard reader.takeBuffered().isEmpty, channel.pool.park(proxy) else {
             reject(proxy, "a pooled proxy connection must wait in silence for its user")
             return true
