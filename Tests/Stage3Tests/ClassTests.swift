@@ -268,6 +268,24 @@ struct ClassTests {
         #expect(unknown.status == "HTTP/1.1 404 Not Found")
     }
 
+    @Test("without --ports, the lesson's server: any name gets its one public port, another port is refused")
+    func oneClientServerClaims() throws {
+        let server = try RunningServer3()
+        defer { server.stop() }
+        for name in ["alice", "bob"] {  // no name is held: the newest to register wins, as stage 2 teaches
+            let control = try Connection.connect(to: server.control)
+            defer { control.close() }
+            try control.write("auth\nclaim \(name) T 0\n")
+            #expect(try control.readLineForTest() == "claimed \(name) \(server.public.port)")
+        }
+        let other = server.public.port == 65535 ? server.public.port - 1 : server.public.port + 1
+        let control = try Connection.connect(to: server.control)
+        defer { control.close() }
+        try control.write("auth\nclaim carol T \(other)\n")
+        #expect(try control.readLineForTest()
+                == "closing this server has one public port, \(server.public.port): leave out --remote-port")
+    }
+
     @Test("class flags and claims: what a range, a name and a token may be")
     func flagsAndClaims() throws {
         func parse(_ words: [String]) throws -> ClassFlags? {
@@ -278,7 +296,8 @@ struct ClassTests {
         #expect(try parse(["--ports", "61000-61009"])?.ports == 61000...61009)
         #expect(try parse(["--ports", "61000-61009"])?.maxUsersByDefault == 100)
         #expect(try parse(["--ports", "61000-61009", "--max-users", "5"])?.maxUsersByDefault == nil)
-        for bad in [["--ports", "61009-61000"], ["--ports", "0-10"], ["--ports", "61000"], ["--ports", "a-b"], ["--one-port"]] {
+        for bad in [["--ports", "61009-61000"], ["--ports", "0-10"], ["--ports", "61000"], ["--ports", "a-b"], ["--one-port"],
+                    ["--ports", "61000-61009", "--public-port", "61000"]] {
             #expect(throws: UsageError.self, "\(bad)") { try parse(bad) }
         }
         #expect(Claim(line: Array("claim alice-2 tok_EN 0".utf8)) != nil)

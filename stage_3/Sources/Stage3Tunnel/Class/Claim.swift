@@ -87,8 +87,9 @@ public struct Claimed: Equatable, Sendable {
 }
 
 /// The server's half of the claim, for a server with one public port: reads the line after
-/// `auth` and answers it with `port`. Any name is accepted, and none is held: the newest client
-/// to register still wins, as stage 2 teaches. `check` runs first (the secret).
+/// `auth` and answers it with `publicPort` (a claim for another port is refused). Any name is
+/// accepted, and none is held: the newest client to register still wins, as stage 2 teaches.
+/// `check` runs first (the secret).
 public func answeringClaims(after check: @escaping @Sendable (LineReader) -> Admission, publicPort: UInt16,
                             timeout: Duration) -> @Sendable (LineReader) -> Admission {
     { reader in
@@ -96,6 +97,8 @@ public func answeringClaims(after check: @escaping @Sendable (LineReader) -> Adm
         guard verdict == .admitted else { return verdict }
         switch readClaim(reader, timeout: timeout) {
         case .failure(let refusal): return refusal.admission
+        case .success(let claim) where claim.port != 0 && claim.port != publicPort:
+            return .refused("this server has one public port, \(publicPort): leave out --remote-port")
         case .success(let claim):
             do {
                 try reader.connection.write(Claimed(name: claim.name, port: publicPort).line, deadline: .now + timeout)

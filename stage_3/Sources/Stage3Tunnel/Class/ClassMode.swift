@@ -41,6 +41,9 @@ public struct ClassFlags: Sendable {
             guard !onePort else { throw UsageError("--one-port is for class mode: add --ports LOW-HIGH (one port is a range too: --ports 60624-60624)") }
             return nil
         }
+        guard !arguments.has("--public-port") else {
+            throw UsageError("--public-port is for one client at a time; in class mode each name gets a port from --ports")
+        }
         let bounds = range.split(separator: "-", omittingEmptySubsequences: false)
         guard bounds.count == 2, let low = UInt16(bounds[0]), let high = UInt16(bounds[1]), low >= 1, low <= high else {
             throw UsageError("--ports expects a range like 61000-61099 (ports 1-65535, the lower first), got \"\(range)\"")
