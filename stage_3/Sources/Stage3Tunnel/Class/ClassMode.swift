@@ -16,7 +16,7 @@ public struct ClassFlags: Sendable {
     public var maxUsersByDefault: Int?
 
     public static let usage = """
-        class mode, one server for a whole class (docs/workshop.md):
+        class mode, one server for a whole class (stage_3/workshop/README.md):
           --ports LOW-HIGH          give each client's name a public port of its own from this range
                                     (or the one it asks for with --remote-port); without it, one client
                                     at a time, on --public-port, as the lesson teaches
