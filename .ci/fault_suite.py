@@ -932,10 +932,10 @@ def wrong_secrets(s):
 
 
 def junk_after_auth(s):
-    """1 MiB of `x` lines after `auth`: closed after a few errors, and the log stays small."""
+    """1 MiB of `x` lines after `auth` and `claim`: closed after a few errors, and the log stays small."""
     s.up()
     mark = s.server.size()
-    payload = b"auth\n" + b"x\n" * (512 * 1024)
+    payload = b"auth\nclaim junk j 0\n" + b"x\n" * (512 * 1024)
     sent, replies, ending = 0, b"", "still open"
     with socket.socket() as sock:
         sock.bind((ATTACKER, 0))
@@ -1228,8 +1228,8 @@ def hostile_server(s):
     def serve():
         control, _ = fake.accept()
         control.settimeout(10)
-        control.recv(4096)  # auth, register
-        lines = [b"registered\n"] + [b"fill_pool %032x\n" % n for n in range(fills)]
+        control.recv(4096)  # auth, claim (it sends register once it has our answer, which we do not wait for)
+        lines = [b"claimed hostile 60624\n", b"registered\n"] + [b"fill_pool %032x\n" % n for n in range(fills)]
         lines += [b"create_proxy %032x 10.%d.%d.%d:%d\n" % (n, n >> 16 & 255, n >> 8 & 255, n & 255, 1000 + n % 60000)
                   for n in range(creates)]
         try:
