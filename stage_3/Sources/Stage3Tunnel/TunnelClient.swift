@@ -124,9 +124,9 @@ public final class TunnelClient: Sendable {
         let reader = LineReader(control)
         try control.write(settings.secret.authLine + claim.line)
         // `register` waits for the answer, so a connection we give up on never registers.
-        guard let line = try reader.readLine(deadline: .now + settings.heartbeat.timeout) else {
-            return "the server closed it before answering our claim"
-        }
+        let answer = Result { try reader.readLine(deadline: .now + settings.heartbeat.timeout) }
+        if case .failure(let error as TimeoutError) = answer { return "no answer to our claim: \(error)" }
+        guard let line = try answer.get() else { return "the server closed it before answering our claim" }
         if case .closing(let reason)? = try? ServerMessage(line: line) { throw ClosedByServer(reason: reason) }
         guard let claimed = Claimed(line: line) else { return "the server did not answer our claim (is it stage 3's?)" }
         events(.claimed(name: claimed.name, publicAt: Endpoint(host: settings.control.host, port: claimed.port)))
