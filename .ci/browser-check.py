@@ -10,10 +10,13 @@
    requests under --virtual-time-budget: an open stream would hold it forever).
 4. Checks the user's row: step 5, finished, the byte counts the user really sent and got,
    and the log panel's line for it. Then once more with --screenshot.
+5. Class mode: a `stage3-server --ports` with two named clients; the class page (what the
+   instructor projects) must list both, each name linking to its tunnel's own diagram.
 """
 import html.parser, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
-DEMO = os.path.join(os.path.dirname(__file__), "..", ".build", "debug", "stage3-demo")
+BIN = os.path.join(os.path.dirname(__file__), "..", ".build", "debug")
+DEMO = os.path.join(BIN, "stage3-demo")
 REQUEST = b"GET /browser-check HTTP/1.0\r\nHost: live-view\r\n\r\n"
 DEADLINE = 30  # seconds, for any one wait
 
@@ -129,6 +132,77 @@ def check_row(address, response, dom):
     print(f"browser-check: user {address} reached step 5 on the page: sent {sent} B, received {received} B")
 
 
+class ClassTable(html.parser.HTMLParser):
+    """The class page's rows: each row's cells, and the links of its name cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.links, self.inside = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tbody":
+            self.inside = True
+        elif tag == "tr" and self.inside:
+            self.rows.append([])
+        elif tag == "a" and self.inside:
+            self.links.append(dict(attrs).get("href"))
+
+    def handle_endtag(self, tag):
+        if tag == "tbody":
+            self.inside = False
+
+    def handle_data(self, data):
+        if self.inside and self.rows:
+            self.rows[-1].append(data)
+
+
+def check_class_page(log):
+    """Two students on a class-mode server: the class page lists both, with their ports."""
+    server = subprocess.Popen([os.path.join(BIN, "stage3-server"), "--ports", "61500-61509", "--control-port", "0",
+                               "--proxy-port", "0", "--inspect", "127.0.0.1:0"],
+                              stdout=log, stderr=subprocess.PIPE, text=True)
+    processes = [server]
+    try:
+        url = control = proxy = None
+        while not (url and control):
+            line = server.stderr.readline() or fail("stage3-server (class mode) exited before it listened")
+            if "live view: open " in line:
+                url = line.split("live view: open ")[1].split()[0]
+            if "class mode: clients on " in line:
+                control = line.split("clients on ")[1].split(",")[0].rsplit(":", 1)[1]
+                proxy = line.split("proxy connections on ")[1].split(";")[0].rsplit(":", 1)[1]
+        apps = []
+        for name in ("ada", "grace"):
+            app = socket.socket()
+            app.bind(("127.0.0.1", 0))
+            app.listen(8)
+            apps.append(app)
+            processes.append(subprocess.Popen(
+                [os.path.join(BIN, "stage3-client"), "127.0.0.1:%d" % app.getsockname()[1], "--name", name,
+                 "--control-port", control, "--proxy-port", proxy], stdout=log, stderr=log))
+        wait_until(lambda: sorted(t["name"] for t in state(url)["tunnels"] if t["state"] == "online") == ["ada", "grace"],
+                   "both students' tunnels online")
+        tunnels = {t["name"]: t["port"] for t in state(url)["tunnels"]}
+        browser = chromium(url, ["--dump-dom"])
+        try:
+            dom, _ = browser.communicate(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            browser.kill()
+            fail("Chromium did not finish the class page")
+        table = ClassTable()
+        table.feed(dom)
+        shown = {row[0]: row[1] for row in table.rows if len(row) >= 3}
+        if shown != {name: str(port) for name, port in tunnels.items()}:
+            fail(f"the class page shows {table.rows}, expected the tunnels {tunnels}")
+        if table.links != ["tunnel/ada/", "tunnel/grace/"]:
+            fail(f"the class page's links are {table.links}")
+        print(f"browser-check: the class page lists {', '.join(f'{n} on {p}' for n, p in tunnels.items())}")
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=DEADLINE)
+
+
 def main():
     screenshot = os.path.abspath(sys.argv[1])
     started = time.monotonic()
@@ -143,6 +217,7 @@ def main():
         finally:
             demo.send_signal(signal.SIGINT)
             demo.wait(timeout=DEADLINE)
+        check_class_page(log)
     print(f"browser-check: passed in {time.monotonic() - started:.1f} s")
 
 
