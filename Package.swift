@@ -46,8 +46,14 @@ let package = Package(
             name: "stage3-client", dependencies: ["Stage3Tunnel"], path: "stage_3/Sources/stage3-client"),
         .executableTarget(
             name: "stage3-demo", dependencies: ["Stage3Tunnel"], path: "stage_3/Sources/stage3-demo"),
+        // Beside the tunnel, the other way through NAT: UDP hole punching, and its rendezvous.
+        .target(name: "Stage3Punch", dependencies: ["Stage1Control"], path: "stage_3/Sources/Stage3Punch"),
+        .executableTarget(
+            name: "stage3-rendezvous", dependencies: ["Stage3Punch"], path: "stage_3/Sources/stage3-rendezvous"),
+        .executableTarget(
+            name: "stage3-punch", dependencies: ["Stage3Punch"], path: "stage_3/Sources/stage3-punch"),
         .testTarget(
-            name: "Stage3Tests", dependencies: ["Stage3Tunnel", "TestSupport"], path: "Tests/Stage3Tests"),
+            name: "Stage3Tests", dependencies: ["Stage3Tunnel", "Stage3Punch", "TestSupport"], path: "Tests/Stage3Tests"),
 
         // Helpers shared by every stage's tests: tiny servers and waiting with a deadline.
         .target(name: "TestSupport", dependencies: ["Stage0Pipe"], path: "Tests/TestSupport"),

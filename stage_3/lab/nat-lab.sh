@@ -8,6 +8,8 @@
 #   nat-lab.sh down       remove everything the lab made (namespaces, processes, files)
 #   nat-lab.sh demo       the five checks: NAT blocks the user, the tunnel gets them through
 #   nat-lab.sh heartbeat  an idle control connection loses its NAT mapping; heartbeats keep it
+#   nat-lab.sh class [N]  a class of N laptops (default 5) behind one venue NAT, each with its
+#                         own tunnel on one class-mode server: one address, N students
 #
 # Linux only, as root, with iproute2 (`ip netns`) and nftables (`nft`). Nothing leaves the lab:
 # the namespaces have no link to the machine's own network, and every address is a
@@ -22,7 +24,9 @@ trap 'on_error "$BASH_COMMAND" "$LINENO"' ERR
 readonly LAB=natlab                    # prefix of every namespace, and the state folder's name
 readonly NS_LAPTOP=$LAB-laptop NS_ROUTER=$LAB-router NS_INTERNET=$LAB-internet
 readonly NS_SERVER=$LAB-server NS_USER=$LAB-user
-readonly ALL_NS="$NS_LAPTOP $NS_ROUTER $NS_INTERNET $NS_SERVER $NS_USER"
+readonly NS_VENUE=$LAB-venue           # class: the venue's router; its laptops are $LAB-s1, -s2…
+readonly HOME_NS="$NS_LAPTOP $NS_ROUTER $NS_INTERNET $NS_SERVER $NS_USER"
+readonly ALL_NS="$HOME_NS $NS_VENUE"   # plus the students', whose number varies: lab_namespaces
 readonly STATE=/run/$LAB               # the secret, the logs, the laptop app's files
 
 # The home LAN (private, RFC 1918) and three "internet" networks (RFC 5737).
@@ -30,9 +34,13 @@ readonly LAPTOP_IP=192.168.50.2 ROUTER_LAN_IP=192.168.50.1
 readonly ROUTER_WAN_IP=203.0.113.2 ISP_ROUTER_SIDE=203.0.113.1
 readonly SERVER_IP=198.51.100.10 ISP_SERVER_SIDE=198.51.100.1
 readonly USER_IP=192.0.2.20 ISP_USER_SIDE=192.0.2.1
+# class: the venue's LAN (private too) and its router's one public address, on the link the
+# home router has otherwise (class builds no home, so the two never meet).
+readonly VENUE_LAN_IP=10.40.0.1 VENUE_WAN_IP=203.0.113.5
 
 readonly APP_PORT=8000 ECHO_PORT=7007 CONTROL_PORT=60623 PUBLIC_PORT=60624
 readonly IDLE_TIMEOUT=20               # heartbeat: the router forgets an idle TCP flow after this
+readonly CLASS_PORTS=61000-61099 CLASS_SIZE=5 CLASS_MAX=30   # class: the students' public ports
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Debug builds: they are what `swift build`/`swift run` and CI's test build already made, and
@@ -41,7 +49,7 @@ readonly BIN=${NATLAB_BIN:-$REPO/.build/debug}
 
 usage() {
     cat <<EOF
-usage: nat-lab.sh up | down | demo | heartbeat | --help
+usage: nat-lab.sh up | down | demo | heartbeat | class [N] | --help
 
 A NAT lab on one Linux machine: network namespaces for a laptop behind a home router
 (NAT + firewall), a tunnel server on the "internet", and a user. Run as root.
@@ -52,9 +60,12 @@ A NAT lab on one Linux machine: network namespaces for a laptop behind a home ro
              (HTTP and a raw echo); exits 0 only if every check held (~5 s)
   heartbeat  shrink the router's idle timeout to ${IDLE_TIMEOUT}s and show a silent control
              connection losing its mapping, and heartbeats keeping it (~1 min)
+  class [N]  N laptops (1 to $CLASS_MAX, default $CLASS_SIZE) behind one venue router, each with its
+             own app and tunnel on one class-mode server (--ports $CLASS_PORTS): the
+             server sees one address, the user reaches every student (~2 s)
   -h, --help show this help
 
-demo and heartbeat build their own lab and remove it when they finish, fail or are
+demo, heartbeat and class build their own lab and remove it when they finish, fail or are
 interrupted. They run the stage-3 executables from $BIN: build them first,
 as yourself, with \`swift build\`. Explained in stage_3/lab/README.md.
 EOF
@@ -147,12 +158,19 @@ check_can_run() {
     exit 1
 }
 
-lab_is_up() {
+# The lab's namespaces that exist now: the fixed ones, and however many students a class
+# run made (natlab-s1…; not natlab-server, which natlab-s* would also match).
+lab_namespaces() {
     local ns
-    for ns in $ALL_NS; do
-        [[ -e /run/netns/$ns ]] && return 0
+    for ns in $ALL_NS /run/netns/"$LAB"-s[0-9]*; do
+        ns=${ns#/run/netns/}
+        [[ -e /run/netns/$ns ]] && printf '%s\n' "$ns"
     done
-    [[ -d $STATE ]]
+    return 0
+}
+
+lab_is_up() {
+    [[ -n $(lab_namespaces) || -d $STATE ]]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -165,42 +183,59 @@ link() {
     ip -n "$3" link set "$4" up
 }
 
-build_network() {
-    mkdir -m 700 "$STATE"
+# new_namespaces NS...: empty machines, each with only its loopback up.
+new_namespaces() {
     local ns
-    for ns in $ALL_NS; do
+    for ns; do
         ip netns add "$ns"
         ip -n "$ns" link set lo up
     done
+}
 
-    # The home LAN: the laptop and the router's LAN side.
-    link "$NS_LAPTOP" eth0 "$NS_ROUTER" lan0
-    ip -n "$NS_LAPTOP" addr add "$LAPTOP_IP/24" dev eth0
-    ip -n "$NS_ROUTER" addr add "$ROUTER_LAN_IP/24" dev lan0
-    ip -n "$NS_LAPTOP" route add default via "$ROUTER_LAN_IP"
+# The state folder, and the secret the lab's server and client share: a server reachable from
+# outside must have one, or anyone who finds its control port receives its users.
+make_state() {
+    mkdir -m 700 "$STATE"
+    if command -v openssl >/dev/null; then
+        openssl rand -hex 16 >"$STATE/secret"
+    else
+        od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$STATE/secret"
+    fi
+}
 
-    # The "internet": one namespace that routes between three public networks. It knows no
-    # route to 192.168.50.0/24: private addresses mean nothing on the internet.
-    link "$NS_ROUTER" wan0 "$NS_INTERNET" to-router
+# The "internet": one namespace that routes between three public networks, with the server
+# and the user on two of them. It knows no route to a private network (192.168.50.0/24,
+# 10.40.0.0/24): private addresses mean nothing on the internet.
+build_internet() {
+    new_namespaces "$NS_INTERNET" "$NS_SERVER" "$NS_USER"
     link "$NS_SERVER" eth0 "$NS_INTERNET" to-server
     link "$NS_USER" eth0 "$NS_INTERNET" to-user
-    ip -n "$NS_ROUTER" addr add "$ROUTER_WAN_IP/24" dev wan0
-    ip -n "$NS_INTERNET" addr add "$ISP_ROUTER_SIDE/24" dev to-router
     ip -n "$NS_SERVER" addr add "$SERVER_IP/24" dev eth0
     ip -n "$NS_INTERNET" addr add "$ISP_SERVER_SIDE/24" dev to-server
     ip -n "$NS_USER" addr add "$USER_IP/24" dev eth0
     ip -n "$NS_INTERNET" addr add "$ISP_USER_SIDE/24" dev to-user
-    ip -n "$NS_ROUTER" route add default via "$ISP_ROUTER_SIDE"
     ip -n "$NS_SERVER" route add default via "$ISP_SERVER_SIDE"
     ip -n "$NS_USER" route add default via "$ISP_USER_SIDE"
-    ip netns exec "$NS_ROUTER" sysctl -qw net.ipv4.ip_forward=1
     ip netns exec "$NS_INTERNET" sysctl -qw net.ipv4.ip_forward=1
+}
 
-    # The home router: masquerade (NAT) the LAN's outgoing connections onto the one public
-    # address, and drop every connection that starts outside. Connection tracking is what
-    # makes both work: it remembers each outgoing flow, so replies are let in and translated
-    # back. The explicit `counter drop` rules make the drops visible in `nft list ruleset`.
-    ip netns exec "$NS_ROUTER" nft -f - <<EOF
+# connect_router NS WAN_IP: the third public network, between router NS's wan0 and the
+# internet, with WAN_IP the router's one public address.
+connect_router() {
+    link "$1" wan0 "$NS_INTERNET" to-router
+    ip -n "$1" addr add "$2/24" dev wan0
+    ip -n "$NS_INTERNET" addr add "$ISP_ROUTER_SIDE/24" dev to-router
+    ip -n "$1" route add default via "$ISP_ROUTER_SIDE"
+    ip netns exec "$1" sysctl -qw net.ipv4.ip_forward=1
+}
+
+# nat_and_firewall NS: router NS masquerades (NATs) its LAN's (lan0's) outgoing connections
+# onto its one public address (wan0's), and drops every connection that starts outside.
+# Connection tracking is what makes both work: it remembers each outgoing flow, so replies
+# are let in and translated back. The explicit `counter drop` rules make the drops visible
+# in `nft list ruleset`.
+nat_and_firewall() {
+    ip netns exec "$1" nft -f - <<EOF
 table inet router {
     chain input {
         type filter hook input priority filter; policy drop;
@@ -220,13 +255,19 @@ table inet router {
     }
 }
 EOF
-    # The secret the lab's server and client share: a server reachable from outside must
-    # have one, or anyone who finds its control port receives its users.
-    if command -v openssl >/dev/null; then
-        openssl rand -hex 16 >"$STATE/secret"
-    else
-        od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$STATE/secret"
-    fi
+}
+
+# The home: the laptop on the router's LAN, the router on the internet.
+build_network() {
+    make_state
+    build_internet
+    new_namespaces "$NS_LAPTOP" "$NS_ROUTER"
+    link "$NS_LAPTOP" eth0 "$NS_ROUTER" lan0
+    ip -n "$NS_LAPTOP" addr add "$LAPTOP_IP/24" dev eth0
+    ip -n "$NS_ROUTER" addr add "$ROUTER_LAN_IP/24" dev lan0
+    ip -n "$NS_LAPTOP" route add default via "$ROUTER_LAN_IP"
+    connect_router "$NS_ROUTER" "$ROUTER_WAN_IP"
+    nat_and_firewall "$NS_ROUTER"
 }
 
 print_map() {
@@ -246,7 +287,7 @@ cmd_up() {
     print_map
     cat <<EOF
 
-Namespaces: $ALL_NS
+Namespaces: $HOME_NS
 Run a command in one:  ip netns exec $NS_ROUTER nft list ruleset
 The lab's secret:      TUNNEL_SECRET=\$(cat $STATE/secret)
 Try, with the stage-3 executables built (swift build), each in its own root shell:
@@ -264,9 +305,9 @@ EOF
 # Processes are found by namespace (`ip netns pids`), never by name.
 
 teardown() {
-    local ns pids=()
-    for ns in $ALL_NS; do
-        [[ -e /run/netns/$ns ]] || continue
+    local ns namespaces pids=()
+    mapfile -t namespaces < <(lab_namespaces)
+    for ns in "${namespaces[@]}"; do
         mapfile -t -O "${#pids[@]}" pids < <(ip netns pids "$ns" 2>/dev/null)
     done
     if ((${#pids[@]} > 0)); then
@@ -278,8 +319,8 @@ teardown() {
         done
         kill -KILL "${pids[@]}" 2>/dev/null || true
     fi
-    for ns in $ALL_NS; do
-        [[ -e /run/netns/$ns ]] && ip netns del "$ns"
+    for ns in "${namespaces[@]}"; do
+        ip netns del "$ns"
     done
     rm -rf "$STATE"
     return 0
@@ -345,10 +386,11 @@ wait_for_port() {
     return 1
 }
 
-# The router's tracked flows to the server's control port, one line each (empty if none).
+# control_flows [NS]: router NS's (default: the home router's) tracked flows to the server's
+# control port, one line each (empty if none, or without conntrack).
 control_flows() {
     if command -v conntrack >/dev/null; then
-        ip netns exec "$NS_ROUTER" conntrack -L -p tcp --dport "$CONTROL_PORT" 2>/dev/null || true
+        ip netns exec "${1:-$NS_ROUTER}" conntrack -L -p tcp --dport "$CONTROL_PORT" 2>/dev/null || true
     fi
 }
 
@@ -371,14 +413,13 @@ socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[1])), Echo).serve_forev
     wait_for_port "$NS_LAPTOP" 0.0.0.0 "$ECHO_PORT" 10 || fail "the laptop's echo app did not start"
 }
 
-# begin_run [conntrack]: check everything (conntrack too, if asked), then build the lab,
-# to be removed however the run ends.
+# begin_run [conntrack]: check everything (conntrack too, if asked), and see to it that the
+# lab the caller then builds is removed however the run ends.
 begin_run() {
     check_can_run full "${1:-}"
     lab_is_up && die "the lab is already up (from nat-lab.sh up, or a run that was killed); remove it first with: $0 down"
     trap teardown EXIT
     trap 'echo; echo "nat-lab: interrupted; removing the lab"; exit 130' INT TERM
-    build_network
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -386,6 +427,7 @@ begin_run() {
 
 cmd_demo() {
     begin_run
+    build_network
     echo "nat-lab demo: a laptop behind NAT, a tunnel server, a user on the internet"
     print_map
     start_apps
@@ -494,6 +536,7 @@ start_tunnel_server() {
 
 cmd_heartbeat() {
     begin_run conntrack
+    build_network
     echo "nat-lab heartbeat: why the control connection needs heartbeats"
     print_map
     start_apps
@@ -564,8 +607,150 @@ cmd_heartbeat() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# class: a workshop, N laptops behind the venue's one router, each with its own tunnel on one
+# class-mode server.
 
-if (($# > 1)); then
+student_ns() { printf '%s-s%s' "$LAB" "$1"; }
+student_ip() { printf '10.40.0.%s' "$((10 + $1))"; }
+students() { if (($1 == 1)); then echo "1 student"; else echo "$1 students"; fi; }
+
+# build_venue N: the venue's LAN, a switch (a bridge in the router, called lan0 so that the
+# home router's rules apply to it unchanged) with N laptops on it; the router on the internet.
+build_venue() {
+    local i ns
+    new_namespaces "$NS_VENUE"
+    ip -n "$NS_VENUE" link add lan0 type bridge
+    ip -n "$NS_VENUE" link set lan0 up
+    ip -n "$NS_VENUE" addr add "$VENUE_LAN_IP/24" dev lan0
+    for ((i = 1; i <= $1; i++)); do
+        ns=$(student_ns "$i")
+        new_namespaces "$ns"
+        link "$ns" eth0 "$NS_VENUE" "port$i"
+        ip -n "$NS_VENUE" link set "port$i" master lan0
+        ip -n "$ns" addr add "$(student_ip "$i")/24" dev eth0
+        ip -n "$ns" route add default via "$VENUE_LAN_IP"
+    done
+    connect_router "$NS_VENUE" "$VENUE_WAN_IP"
+    nat_and_firewall "$NS_VENUE"
+}
+
+print_class_map() {
+    local laptops left
+    laptops="1 laptop $(student_ip 1)"
+    (($1 == 1)) || laptops="$1 laptops $(student_ip 1)…$(student_ip "$1")"
+    left="   $laptops ── venue router $VENUE_LAN_IP │ NAT │ $VENUE_WAN_IP ── "
+    printf '%sinternet ── server %s\n' "$left" "$SERVER_IP"
+    printf '%*s└─ user %s\n' "${#left}" "" "$USER_IP"
+}
+
+# Every student's app: a page that says whose it is, on the same port on every laptop (each
+# laptop is its own machine), on 127.0.0.1 only, as a learner would start it: the tunnel's
+# client, on the same laptop, is its only way out.
+start_student_apps() {
+    local i
+    for ((i = 1; i <= $1; i++)); do
+        mkdir "$STATE/www-s$i"
+        echo "hello from student-$i's laptop ($(student_ip "$i"))" >"$STATE/www-s$i/index.html"
+        start "app-s$i" "$(student_ns "$i")" python3 -m http.server "$APP_PORT" --bind 127.0.0.1 --directory "$STATE/www-s$i"
+    done
+    for ((i = 1; i <= $1; i++)); do   # started all at once above; awaited in turn here
+        wait_for_port "$(student_ns "$i")" 127.0.0.1 "$APP_PORT" 10 || fail "student-$i's app did not start"
+    done
+}
+
+# class_size WORD: WORD as a number of students, or a one-line error (exit 2).
+class_size() {
+    if [[ $1 =~ ^[0-9]{1,2}$ ]] && ((10#$1 >= 1 && 10#$1 <= CLASS_MAX)); then
+        echo "$((10#$1))"
+    else
+        echo "nat-lab: class takes a number of students from 1 to $CLASS_MAX, got: $1" >&2
+        exit 2
+    fi
+}
+
+cmd_class() {
+    local n i
+    n=$(class_size "$1") || exit 2
+    begin_run
+    make_state
+    build_internet
+    build_venue "$n"
+    echo "nat-lab class: $(students "$n") behind one venue router, one class-mode tunnel server"
+    print_class_map "$n"
+    start_student_apps "$n"
+    note "each laptop runs its own web app on 127.0.0.1:$APP_PORT (the same port: they are different machines)"
+
+    heading "Check 1: every student's client registers, each under a name of its own."
+    start_with_secret server "$NS_SERVER" "$BIN/stage3-server" --host "$SERVER_IP" --ports "$CLASS_PORTS"
+    wait_for_log server 'class mode: clients on' 10 || fail "stage3-server did not start in class mode"
+    note "started: TUNNEL_SECRET=… ip netns exec $NS_SERVER stage3-server --host $SERVER_IP --ports $CLASS_PORTS"
+    for ((i = 1; i <= n; i++)); do
+        start_with_secret "client-s$i" "$(student_ns "$i")" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP" --name "student-$i"
+    done
+    note "started, on each laptop i: TUNNEL_SECRET=… stage3-client 127.0.0.1:$APP_PORT $SERVER_IP --name student-i"
+    # What each student would tell the class: the public address the server gave their name.
+    local ports=() line
+    for ((i = 1; i <= n; i++)); do
+        wait_for_log "client-s$i" '\[1\] registered' 15 || fail "student-$i's client did not register"
+        line=$(grep -E "\[1\] the name student-$i is ours: public at $SERVER_IP:[0-9]+$" "$STATE/client-s$i.log") ||
+            fail "student-$i's client registered without saying its public port"
+        indent <<<"$line"
+        ports[i]=${line##*:}
+    done
+    (($(printf '%s\n' "${ports[@]}" | sort -u | wc -l) == n)) || fail "two students were given the same public port"
+    ok "$(students "$n") registered, each with a public port of its own from $CLASS_PORTS"
+
+    heading "Check 2: the server saw every student come from one address, the venue router's."
+    local claims count addresses
+    claims=$(grep -E '\[student-[0-9]+\] \[1\] claimed by ' "$STATE/server.log" || true)
+    indent <<<"$claims"
+    count=$(grep -c . <<<"$claims" || true)
+    ((count == n)) || fail "the server's log has $count \"claimed by\" lines, not $n"
+    addresses=$(grep -oE 'claimed by [0-9.]+' <<<"$claims" | sort -u)
+    [[ $addresses == "claimed by $VENUE_WAN_IP" ]] ||
+        fail "the students came from other addresses than the venue router's $VENUE_WAN_IP: ${addresses//$'\n'/, }"
+    if grep -q '10\.40\.0\.' "$STATE/server.log"; then
+        fail "the server's log mentions a student's private address"
+    fi
+    ok "$(students "$n"), one address ($VENUE_WAN_IP): the server tells them apart by name, not address"
+
+    heading "Check 3: the venue router keeps one mapping per student, all onto that address."
+    if command -v conntrack >/dev/null; then
+        local flows mapped
+        flows=$(control_flows "$NS_VENUE")
+        printf '   $ ip netns exec %s conntrack -L -p tcp --dport %s\n' "$NS_VENUE" "$CONTROL_PORT"
+        indent <<<"$flows"
+        mapped=$(grep -cE "ESTABLISHED src=10\.40\.0\.[0-9]+ dst=$SERVER_IP .* src=$SERVER_IP dst=$VENUE_WAN_IP " <<<"$flows" || true)
+        ((mapped == n)) || fail "the venue router tracks $mapped control connections onto $VENUE_WAN_IP, not $n"
+        note "one flow per laptop, each sent from its own address (src=10.40.0.…), all answered"
+        note "at the same dst=$VENUE_WAN_IP: only the port (dport=) tells the router whose answer it is"
+        ok "one mapping per student in one router, all onto one public address"
+    else
+        note "(conntrack is not installed; the masquerade rule's counter shows it at work instead:"
+        note "a NAT chain sees only the first packet of each connection, so it counts connections)"
+        shown "$NS_VENUE" nft list chain inet router postrouting
+        ok "the venue router masqueraded the control connections (conntrack would list them)"
+    fi
+
+    heading "Check 4: the user reaches each student's app through that student's port."
+    local page
+    for ((i = 1; i <= n; i++)); do
+        page=$(shown "$NS_USER" curl -sS -m 10 "http://$SERVER_IP:${ports[i]}/") ||
+            { printf '%s\n' "$page"; fail "the user's curl to student-$i's port ${ports[i]} failed"; }
+        printf '%s\n' "$page"
+        grep -qF "hello from student-$i's laptop ($(student_ip "$i"))" <<<"$page" ||
+            fail "port ${ports[i]} did not lead to student-$i's laptop"
+    done
+    grep -E '\[student-1\] \[(2|3|4)\]' "$STATE/server.log" | tail -n 3 | indent
+    ok "every port leads to its own student's laptop; the server's log names the tunnel"
+
+    heading "nat-lab class: all 4 checks held: $(students "$n") behind one address, each reachable."
+}
+
+# ---------------------------------------------------------------------------------------------
+
+# One subcommand at a time; only class takes an argument, the class's size.
+if (($# > 2)) || { (($# == 2)) && [[ $1 != class ]]; }; then
     echo "nat-lab: one subcommand at a time, got: $*" >&2
     usage >&2
     exit 2
@@ -575,6 +760,7 @@ case ${1:-} in
     down) cmd_down ;;
     demo) cmd_demo ;;
     heartbeat) cmd_heartbeat ;;
+    class) cmd_class "${2-$CLASS_SIZE}" ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 2 ;;
 esac

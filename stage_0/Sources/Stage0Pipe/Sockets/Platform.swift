@@ -5,8 +5,9 @@
 #if canImport(Glibc)
     @_exported import Glibc
 
-    /// `SOCK_STREAM`: Glibc imports it as an enum, Darwin as an Int32.
+    /// `SOCK_STREAM` and `SOCK_DGRAM`: Glibc imports them as an enum, Darwin as Int32s.
     let streamSocketType = Int32(SOCK_STREAM.rawValue)
+    let datagramSocketType = Int32(SOCK_DGRAM.rawValue)
     /// `SHUT_WR` / `SHUT_RDWR` for `shutdown(2)`: Int on Glibc, Int32 on Darwin.
     let shutRead = Int32(SHUT_RD)
     let shutWrite = Int32(SHUT_WR)
@@ -54,6 +55,7 @@
     @_exported import Darwin
 
     let streamSocketType = SOCK_STREAM
+    let datagramSocketType = SOCK_DGRAM
     let shutRead = SHUT_RD
     let shutWrite = SHUT_WR
     let shutBoth = SHUT_RDWR

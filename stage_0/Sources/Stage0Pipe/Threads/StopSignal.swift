@@ -9,8 +9,9 @@ import Dispatch
 
 /// A one-way switch from "running" to "stopped" that a blocked `poll(2)` can wait on.
 public final class StopSignal: Sendable {
-    /// Readable once `stop()` has been called (the byte is never read, so it stays readable).
-    let readFD: Int32
+    /// Readable once `stop()` has been called (the byte is never read, so it stays readable):
+    /// for a `poll(2)` of your own that waits for other descriptors too.
+    public let readFD: Int32
     private let writeFD: Int32
     private let stopped = Locked(false)
 

@@ -33,6 +33,7 @@ final class ClassTunnel: Sendable {
             switch event {
             case .userConnected: counters.withLock { $0.usersTotal += 1 }
             case let .userFinished(_, sent, received, _): counters.withLock { $0.bytes += sent + received }
+            case .controlOpened, .controlAdmitted: return  // the door said so already, as `claimed by`
             default: break
             }
             events(name, event)

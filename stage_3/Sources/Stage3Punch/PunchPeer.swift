@@ -1,0 +1,260 @@
+// A peer that punches: two machines, each behind its own NAT, try to talk *directly*, with no
+// relay between them. Neither can accept a connection (the NAT drops what nobody asked for,
+// stage 1's lesson), but a NAT lets in replies: a datagram from an address and port that one
+// of its machines has sent to. So both send at once, to each other's public address:
+//   [1] ask the rendezvous, on two ports, where it sees us
+//   [2] compare: one mapping for both destinations, or one each (Mapping)
+//   [3] register, and learn the peer's public address from the rendezvous
+//   [4] punch: send to that address every `interval`. Our NAT now expects replies from there;
+//       the peer's NAT drops our first datagrams, until the peer's own punches open it
+//   [5] the peer's punch gets through: the holes line up
+//   [6] direct: each side has heard the other, and says so; then a few lines of data
+// Where it fails (a "symmetric" NAT, a firewall that drops all of it), only a relay will do:
+// that is what stages 1-3 build.
+
+import Stage0Pipe
+
+public struct PunchSettings: Sendable {
+    /// The rendezvous's main port; its second port is `secondPort`.
+    public var rendezvous: Endpoint
+    public var secondPort: UInt16
+    public var name: String
+    public var peer: String
+    /// Where our one UDP socket binds (`--port`; 0: any free port).
+    public var local = Endpoint(host: "0.0.0.0", port: 0)
+    /// Everything up to the direct path must happen within this (`--timeout`).
+    public var timeout: Duration = .seconds(10)
+    /// How often a punch is sent, and how often the rendezvous is asked again (UDP may drop any datagram).
+    public var interval: Duration = .milliseconds(200)
+    /// Lines of data to exchange once the path is direct.
+    public var lines = 3
+    /// How long to keep the path open afterwards, with a keep-alive every `keepAlive` (`--hold`).
+    public var hold: Duration = .zero
+    public var keepAlive: Duration = .seconds(10)
+
+    public init(rendezvous: Endpoint, name: String, peer: String) {
+        self.rendezvous = rendezvous
+        secondPort = rendezvous.port &+ 1
+        self.name = name
+        self.peer = peer
+    }
+
+    /// Throws for names the rendezvous would not take.
+    public func check() throws(UsageError) {
+        guard isValidName(name), isValidName(peer), name != peer else {
+            throw UsageError("--name and --peer are 1 to 32 lowercase letters, digits and dashes, and differ")
+        }
+    }
+}
+
+/// How a run ended: the exit code of `stage3-punch` is a contract for scripts.
+public enum PunchOutcome: Sendable, Equatable {
+    case direct(peer: Endpoint, linesReceived: Int)
+    case noDirectPath(String)
+
+    /// 0: a direct path; 3: none within the timeout.
+    public var exitCode: Int32 { if case .direct = self { 0 } else { 3 } }
+}
+
+/// The rendezvous never answered, or refused us: not a verdict on the NATs (exit 1).
+public struct RendezvousError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+public final class PunchPeer: Sendable {
+    public let settings: PunchSettings
+    public let socket: DatagramSocket
+    public let events: @Sendable (PunchEvent) -> Void
+
+    public init(_ settings: PunchSettings, events: @escaping @Sendable (PunchEvent) -> Void) throws {
+        try settings.check()
+        self.settings = settings
+        socket = try DatagramSocket(bind: settings.local)
+        self.events = events
+    }
+
+    /// All six steps; closes the socket at the end.
+    public func run() throws -> PunchOutcome {
+        defer { socket.close() }
+        let deadline = ContinuousClock.now + settings.timeout
+        let second = Endpoint(host: settings.rendezvous.host, port: settings.secondPort)
+        events(.asking(rendezvous: settings.rendezvous, second: second, local: socket.local))
+        let (seenMain, seenSecond) = try whereAreWe(second: second, until: deadline)
+        let mapping = Mapping.classify(seenByMain: seenMain, seenBySecond: seenSecond)
+        events(.seen(main: seenMain, second: seenSecond, mapping: mapping))
+        guard let (peerAt, peerMapping) = try meetPeer(mapping: mapping, until: deadline) else {
+            return failed("\(settings.peer) never registered with the rendezvous (is it running, with --peer \(settings.name)?)")
+        }
+        events(.peerAt(settings.peer, peerAt, mapping: peerMapping))
+        let (heardThem, theyHeardUs) = try punch(peerAt, until: deadline)
+        guard heardThem && theyHeardUs else {
+            return failed(whyNot(mapping: mapping, peerMapping: peerMapping, heardThem: heardThem, at: peerAt))
+        }
+        events(.direct(settings.peer, peerAt))
+        let received = try exchangeLines(with: peerAt)
+        try hold(peerAt)
+        return .direct(peer: peerAt, linesReceived: received)
+    }
+
+    /// Steps 1 and 2: `probe` to both ports of the rendezvous until each has said where it saw us.
+    private func whereAreWe(second: Endpoint, until deadline: ContinuousClock.Instant) throws -> (Endpoint, Endpoint) {
+        var seen: [UInt16: Endpoint] = [:]  // by the rendezvous port that answered
+        var nextAsk = ContinuousClock.now
+        while seen.count < 2 {
+            guard ContinuousClock.now < deadline else {
+                throw RendezvousError(description: "no answer from the rendezvous at \(settings.rendezvous) and port "
+                    + "\(settings.secondPort) within \(settings.timeout): is it running, and reachable over UDP?")
+            }
+            if ContinuousClock.now >= nextAsk {
+                for port in [settings.rendezvous.port, settings.secondPort] where seen[port] == nil {
+                    try socket.send(RendezvousRequest.probe.datagram, to: Endpoint(host: settings.rendezvous.host, port: port))
+                }
+                nextAsk = .now + settings.interval * 2
+            }
+            guard let (bytes, from, _) = try socket.receive(deadline: min(nextAsk, deadline)) else { continue }
+            if case .seen(let endpoint)? = RendezvousAnswer(datagram: bytes),
+               [settings.rendezvous.port, settings.secondPort].contains(from.port) {
+                seen[from.port] = endpoint
+            }
+        }
+        return (seen[settings.rendezvous.port]!, seen[settings.secondPort]!)
+    }
+
+    /// Step 3: `register` until the rendezvous says where the peer is; nil if it never does.
+    private func meetPeer(mapping: Mapping, until deadline: ContinuousClock.Instant) throws -> (Endpoint, Mapping)? {
+        let register = RendezvousRequest.register(name: settings.name, peer: settings.peer, mapping: mapping).datagram
+        var nextAsk = ContinuousClock.now
+        while ContinuousClock.now < deadline {
+            if ContinuousClock.now >= nextAsk {
+                try socket.send(register, to: settings.rendezvous)
+                nextAsk = .now + settings.interval * 2
+            }
+            guard let (bytes, from, _) = try socket.receive(deadline: min(nextAsk, deadline)),
+                  from.port == settings.rendezvous.port else { continue }
+            switch RendezvousAnswer(datagram: bytes) {
+            case let .peer(name, at, peerMapping)? where name == settings.peer: return (at, peerMapping)
+            case .taken?:
+                throw RendezvousError(description: "the rendezvous says another address holds the name \(settings.name): choose another")
+            default: continue
+            }
+        }
+        return nil
+    }
+
+    /// Steps 4 and 5: punch `peerAt` until we have heard the peer and the peer says it heard us.
+    private func punch(_ peerAt: Endpoint, until deadline: ContinuousClock.Instant) throws -> (Bool, Bool) {
+        var (heardThem, theyHeardUs, sent) = (false, false, 0)
+        var nextPunch = ContinuousClock.now
+        while ContinuousClock.now < deadline && !(heardThem && theyHeardUs) {
+            if ContinuousClock.now >= nextPunch {
+                try socket.send(PeerMessage.punch(from: settings.name, heard: heardThem).datagram, to: peerAt)
+                sent += 1
+                if sent == 1 { events(.firstPunchSent(settings.peer, peerAt)) }
+                nextPunch = .now + settings.interval
+            }
+            // Only the address the rendezvous named counts: anything else is not our peer.
+            guard let (bytes, from, _) = try socket.receive(deadline: min(nextPunch, deadline)), from == peerAt,
+                  let message = PeerMessage(datagram: bytes), message.sender == settings.peer else { continue }
+            if !heardThem { events(.firstPunchReceived(settings.peer, peerAt)) }
+            heardThem = true
+            switch message {
+            case .punch(_, let heard): theyHeardUs = theyHeardUs || heard
+            case .data, .keepAlive: theyHeardUs = true  // sent only once it had heard us
+            }
+        }
+        if heardThem && theyHeardUs {  // so that the peer learns we heard it, if it has not yet
+            try socket.send(PeerMessage.punch(from: settings.name, heard: true).datagram, to: peerAt)
+        }
+        return (heardThem, theyHeardUs)
+    }
+
+    /// Step 6: `lines` lines each way over the direct path; returns how many of the peer's arrived.
+    private func exchangeLines(with peerAt: Endpoint) throws -> Int {
+        for number in 0..<settings.lines {
+            try socket.send(PeerMessage.data(from: settings.name, text: "hello \(number + 1) from \(settings.name)").datagram,
+                            to: peerAt)
+        }
+        var received = 0
+        let until = ContinuousClock.now + .seconds(2)
+        while received < settings.lines, let (bytes, from, _) = try socket.receive(deadline: until) {
+            guard from == peerAt, let message = PeerMessage(datagram: bytes) else { continue }
+            switch message {
+            case .data(_, let text):
+                received += 1
+                events(.line(from: settings.peer, text: text))
+            case .punch(_, let heard) where !heard:  // it has not heard us yet: say so again
+                try socket.send(PeerMessage.punch(from: settings.name, heard: true).datagram, to: peerAt)
+            default: continue
+            }
+        }
+        events(.exchanged(sent: settings.lines, received: received))
+        return received
+    }
+
+    /// Keeps the path open for `hold`: a keep-alive every `keepAlive`, or the NATs forget the mapping.
+    private func hold(_ peerAt: Endpoint) throws {
+        guard settings.hold > .zero else { return }
+        let end = ContinuousClock.now + settings.hold
+        var nextKeepAlive = ContinuousClock.now
+        while ContinuousClock.now < end {
+            if ContinuousClock.now >= nextKeepAlive {
+                try socket.send(PeerMessage.keepAlive(from: settings.name).datagram, to: peerAt)
+                nextKeepAlive = .now + settings.keepAlive
+            }
+            if let (bytes, from, _) = try socket.receive(deadline: min(nextKeepAlive, end)), from == peerAt,
+               case .keepAlive? = PeerMessage(datagram: bytes) {
+                events(.keptAlive(settings.peer))
+            }
+        }
+    }
+
+    private func whyNot(mapping: Mapping, peerMapping: Mapping, heardThem: Bool, at peerAt: Endpoint) -> String {
+        if mapping == .endpointDependent {
+            return "our NAT gives each destination a port of its own (\"symmetric\"): \(settings.peer) punched the port "
+                + "the rendezvous saw, and ours to it left from another"
+        }
+        if peerMapping == .endpointDependent {
+            return "\(settings.peer)'s NAT gives each destination a port of its own (\"symmetric\"): its datagrams to us "
+                + "leave from a port other than \(peerAt.port), so they never match the hole we punched"
+        }
+        return heardThem ? "\(settings.peer)'s datagrams reached us, ours never reached it"
+            : "nothing arrived from \(settings.peer) at \(peerAt): a NAT or firewall between us drops it"
+    }
+
+    private func failed(_ why: String) -> PunchOutcome {
+        let reason = "no direct path to \(settings.peer) within \(settings.timeout): \(why); a relay is needed (stage 3's tunnel)"
+        events(.noDirectPath(reason))
+        return .noDirectPath(reason)
+    }
+}
+
+/// What the peer does, one case per log line, numbered by step.
+public enum PunchEvent: Sendable, CustomStringConvertible {
+    case asking(rendezvous: Endpoint, second: Endpoint, local: Endpoint)
+    case seen(main: Endpoint, second: Endpoint, mapping: Mapping)
+    case peerAt(String, Endpoint, mapping: Mapping)
+    case firstPunchSent(String, Endpoint)
+    case firstPunchReceived(String, Endpoint)
+    case direct(String, Endpoint)
+    case line(from: String, text: String)
+    case exchanged(sent: Int, received: Int)
+    case keptAlive(String)
+    case noDirectPath(String)
+
+    public var description: String {
+        switch self {
+        case let .asking(rendezvous, second, local):
+            "[1] from \(local): asking the rendezvous at \(rendezvous) and \(second) where it sees us, then registering"
+        case let .seen(main, second, mapping):
+            "[2] the rendezvous saw us as \(main) from its first port and as \(second) from its second: \(mapping.meaning)"
+        case let .peerAt(name, at, mapping): "[3] \(name) is at \(at) (its NAT: \(mapping.rawValue))"
+        case let .firstPunchSent(name, at): "[4] first punch sent to \(name) at \(at)"
+        case let .firstPunchReceived(name, at): "[5] first punch received from \(name) at \(at)"
+        case let .direct(name, at): "[6] direct path to \(name) at \(at): datagrams flow both ways, no relay between us"
+        case let .line(name, text): "[6] from \(name), directly: \(text)"
+        case let .exchanged(sent, received): "[6] sent \(sent) lines, received \(received), over the direct path"
+        case .keptAlive(let name): "[6] keep-alive from \(name): the path is still open"
+        case .noDirectPath(let reason): reason
+        }
+    }
+}
