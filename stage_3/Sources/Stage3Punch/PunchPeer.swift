@@ -14,53 +14,6 @@
 
 import Stage0Pipe
 
-public struct PunchSettings: Sendable {
-    /// The rendezvous's main port; its second port is `secondPort`.
-    public var rendezvous: Endpoint
-    public var secondPort: UInt16
-    public var name: String
-    public var peer: String
-    /// Where our one UDP socket binds (`--port`; 0: any free port).
-    public var local = Endpoint(host: "0.0.0.0", port: 0)
-    /// Everything up to the direct path must happen within this (`--timeout`).
-    public var timeout: Duration = .seconds(10)
-    /// How often a punch is sent, and how often the rendezvous is asked again (UDP may drop any datagram).
-    public var interval: Duration = .milliseconds(200)
-    /// Lines of data to exchange once the path is direct.
-    public var lines = 3
-    /// How long to keep the path open afterwards, with a keep-alive every `keepAlive` (`--hold`).
-    public var hold: Duration = .zero
-    public var keepAlive: Duration = .seconds(10)
-
-    public init(rendezvous: Endpoint, name: String, peer: String) {
-        self.rendezvous = rendezvous
-        secondPort = rendezvous.port &+ 1
-        self.name = name
-        self.peer = peer
-    }
-
-    /// Throws for names the rendezvous would not take.
-    public func check() throws(UsageError) {
-        guard isValidName(name), isValidName(peer), name != peer else {
-            throw UsageError("--name and --peer are 1 to 32 lowercase letters, digits and dashes, and differ")
-        }
-    }
-}
-
-/// How a run ended: the exit code of `stage3-punch` is a contract for scripts.
-public enum PunchOutcome: Sendable, Equatable {
-    case direct(peer: Endpoint, linesReceived: Int)
-    case noDirectPath(String)
-
-    /// 0: a direct path; 3: none within the timeout.
-    public var exitCode: Int32 { if case .direct = self { 0 } else { 3 } }
-}
-
-/// The rendezvous never answered, or refused us: not a verdict on the NATs (exit 1).
-public struct RendezvousError: Error, CustomStringConvertible {
-    public let description: String
-}
-
 public final class PunchPeer: Sendable {
     public let settings: PunchSettings
     public let socket: DatagramSocket
@@ -225,36 +178,5 @@ public final class PunchPeer: Sendable {
         let reason = "no direct path to \(settings.peer) within \(settings.timeout): \(why); a relay is needed (stage 3's tunnel)"
         events(.noDirectPath(reason))
         return .noDirectPath(reason)
-    }
-}
-
-/// What the peer does, one case per log line, numbered by step.
-public enum PunchEvent: Sendable, CustomStringConvertible {
-    case asking(rendezvous: Endpoint, second: Endpoint, local: Endpoint)
-    case seen(main: Endpoint, second: Endpoint, mapping: Mapping)
-    case peerAt(String, Endpoint, mapping: Mapping)
-    case firstPunchSent(String, Endpoint)
-    case firstPunchReceived(String, Endpoint)
-    case direct(String, Endpoint)
-    case line(from: String, text: String)
-    case exchanged(sent: Int, received: Int)
-    case keptAlive(String)
-    case noDirectPath(String)
-
-    public var description: String {
-        switch self {
-        case let .asking(rendezvous, second, local):
-            "[1] from \(local): asking the rendezvous at \(rendezvous) and \(second) where it sees us, then registering"
-        case let .seen(main, second, mapping):
-            "[2] the rendezvous saw us as \(main) from its first port and as \(second) from its second: \(mapping.meaning)"
-        case let .peerAt(name, at, mapping): "[3] \(name) is at \(at) (its NAT: \(mapping.rawValue))"
-        case let .firstPunchSent(name, at): "[4] first punch sent to \(name) at \(at)"
-        case let .firstPunchReceived(name, at): "[5] first punch received from \(name) at \(at)"
-        case let .direct(name, at): "[6] direct path to \(name) at \(at): datagrams flow both ways, no relay between us"
-        case let .line(name, text): "[6] from \(name), directly: \(text)"
-        case let .exchanged(sent, received): "[6] sent \(sent) lines, received \(received), over the direct path"
-        case .keptAlive(let name): "[6] keep-alive from \(name): the path is still open"
-        case .noDirectPath(let reason): reason
-        }
     }
 }

@@ -29,22 +29,6 @@ public enum Mapping: String, Sendable, Equatable {
     public static func classify(seenByMain main: Endpoint, seenBySecond second: Endpoint) -> Mapping {
         main == second ? .endpointIndependent : .endpointDependent
     }
-
-    /// What it means for punching, in a few words for the log.
-    public var meaning: String {
-        switch self {
-        case .endpointIndependent:
-            "one mapping for every destination (endpoint-independent, or no NAT): punching can work"
-        case .endpointDependent:
-            "a new mapping for each destination (endpoint-dependent, \"symmetric\"): punching will fail"
-        }
-    }
-}
-
-/// A name a peer goes by: 1 to 32 of a-z, 0-9 and `-`.
-func isValidName(_ name: String) -> Bool {
-    (1...32).contains(name.utf8.count)
-        && name.utf8.allSatisfy { (97...122).contains($0) || (48...57).contains($0) || $0 == UInt8(ascii: "-") }
 }
 
 /// Splits a datagram into words: text without control characters (stage 1's rule), at most `maxDatagram` bytes.

@@ -11,24 +11,9 @@
 
 import Stage0Pipe
 
-/// Bounds that keep the rendezvous small, whatever arrives.
-public struct RendezvousLimits: Sendable {
-    /// Names held at once; a new name beyond this is not answered.
-    public var maxNames = 1024
-    /// A name not registered again for this long is forgotten.
-    public var expiry: Duration = .seconds(30)
-    /// Datagrams answered per address: a burst, then so many a second. Beyond, silence: a
-    /// rendezvous that answered every datagram would reflect floods at spoofed addresses.
-    public var burstPerAddress = 20
-    public var perSecondPerAddress = 10.0
-
-    public init() {}
-}
-
 /// Who registered under which name, and whom they want to meet. All the rendezvous remembers.
 struct RendezvousBook {
     struct Entry {
-        let name: String
         var peer: String
         var seen: Endpoint
         var mapping: Mapping
@@ -45,10 +30,8 @@ struct RendezvousBook {
         case waiting
         /// Both have named each other: tell each where the other is.
         case paired(Endpoint, Mapping, other: Endpoint, Mapping)
-        /// Another address holds this name.
-        case taken
-        /// The book is full.
-        case full
+        case taken  // another address holds this name
+        case full  // `maxNames` are held
     }
 
     /// `name` registers from `seen`, wanting to meet `peer`.
@@ -57,7 +40,7 @@ struct RendezvousBook {
         forgetQuiet(now: now)
         if let held = entries[name], held.seen != seen { return .taken }
         if entries[name] == nil && entries.count >= limits.maxNames { return .full }
-        entries[name] = Entry(name: name, peer: peer, seen: seen, mapping: mapping, lastHeard: now)
+        entries[name] = Entry(peer: peer, seen: seen, mapping: mapping, lastHeard: now)
         guard let other = entries[peer], other.peer == name else { return .waiting }
         return .paired(seen, mapping, other: other.seen, other.mapping)
     }
@@ -65,41 +48,9 @@ struct RendezvousBook {
     /// Forgets every name not heard from for `expiry`; returns them.
     @discardableResult
     mutating func forgetQuiet(now: ContinuousClock.Instant) -> [String] {
-        let quiet = entries.values.filter { $0.lastHeard.duration(to: now) >= limits.expiry }.map(\.name)
+        let quiet = entries.filter { $0.value.lastHeard.duration(to: now) >= limits.expiry }.map(\.key)
         for name in quiet { entries[name] = nil }
         return quiet
-    }
-}
-
-public enum RendezvousEvent: Sendable, CustomStringConvertible {
-    case listening(main: Endpoint, second: Endpoint)
-    case probed(from: Endpoint, port: UInt16)
-    case registered(name: String, peer: String, seen: Endpoint, mapping: Mapping)
-    case paired(String, Endpoint, String, Endpoint)
-    case refused(name: String, from: Endpoint, reason: String)
-    /// A datagram that is not a request, or came too fast: not answered, counted.
-    case ignored(from: Endpoint, reason: String, total: Int)
-
-    public var description: String {
-        switch self {
-        case let .listening(main, second):
-            "listening on \(main) (register and probe) and \(second) (probe: a second destination, to compare mappings)"
-        case let .probed(from, port): "[1] probe from \(from) on port \(port): told it where we see it"
-        case let .registered(name, peer, seen, mapping):
-            "[3] \(name) registered from \(seen) (its NAT: \(mapping.rawValue)), to meet \(peer)"
-        case let .paired(a, atA, b, atB): "[3] \(a) at \(atA) and \(b) at \(atB) named each other: told each where the other is"
-        case let .refused(name, from, reason): "[3] \(from) may not register as \(name): \(reason)"
-        case let .ignored(from, reason, total): "ignored a datagram from \(from): \(reason) (\(total) ignored in all)"
-        }
-    }
-
-    /// For the log's rate limit: the sender's address, so that no stranger floods the log.
-    public var logSource: String? {
-        switch self {
-        case .listening, .paired: nil
-        case .probed(let from, _), .refused(_, let from, _), .ignored(let from, _, _): addressKey(from.host)
-        case .registered(_, _, let seen, _): addressKey(seen.host)
-        }
     }
 }
 
