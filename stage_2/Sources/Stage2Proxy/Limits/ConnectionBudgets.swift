@@ -67,9 +67,8 @@ final class ConnectionBudgets: Sendable {
     /// Runs `body` with `connection` counted in `budget`; nil if it is over a limit (and closed),
     /// or if `body` found nothing.
     func counted<Result>(_ connection: Connection, in budget: ConnectionBudget, _ body: () -> Result?) -> Result? {
-        guard count(connection, in: budget) else { return nil }
-        defer { budget.give(connection.peer.host) }
-        return body()
+        budget.counted(connection, overLimit: { [events] in events(.overLimit(peer: connection.peer, port: connection.local, limit: $0)) },
+                       body)
     }
 }
 
@@ -106,6 +105,18 @@ package final class ConnectionBudget: Sendable {
             counts.byAddress[host, default: 0] += 1
             return nil
         }
+    }
+
+    /// Runs `body` with `connection` counted; nil if it is over a limit (then it is closed, and
+    /// `overLimit` told which), or if `body` found nothing.
+    package func counted<Result>(_ connection: Connection, overLimit: (String) -> Void, _ body: () -> Result?) -> Result? {
+        if let limit = take(connection.peer.host) {
+            connection.close()
+            overLimit(limit)
+            return nil
+        }
+        defer { give(connection.peer.host) }
+        return body()
     }
 
     /// Counts one connection from `host` less (one that `take` counted).

@@ -285,13 +285,9 @@ public final class ClassServer: Sendable {
 
     /// Runs `body` with `connection` counted in `budget`; nil if over a limit (closed, and logged).
     private func counted<Value>(_ connection: Connection, in budget: ConnectionBudget, _ body: () -> Value?) -> Value? {
-        if let limit = budget.take(connection.peer.host) {
-            connection.close()
-            events(.door(.overLimit(peer: connection.peer, port: connection.local, limit: limit)))
-            return nil
-        }
-        defer { budget.give(connection.peer.host) }
-        return body()
+        budget.counted(connection, overLimit: { [events] in
+            events(.door(.overLimit(peer: connection.peer, port: connection.local, limit: $0)))
+        }, body)
     }
 }
 
