@@ -10,6 +10,11 @@
 #   nat-lab.sh heartbeat  an idle control connection loses its NAT mapping; heartbeats keep it
 #   nat-lab.sh class [N]  a class of N laptops (default 5) behind one venue NAT, each with its
 #                         own tunnel on one class-mode server: one address, N students
+#   nat-lab.sh punch      two laptops in two homes, each behind its own NAT, find a direct UDP
+#                         path (hole punching) with a rendezvous on the server's machine
+#   nat-lab.sh punch --symmetric
+#                         the same with router B giving each destination a port of its own:
+#                         no direct path; the stage-3 tunnel (a relay) gets through instead
 #
 # Linux only, as root, with iproute2 (`ip netns`) and nftables (`nft`). Nothing leaves the lab:
 # the namespaces have no link to the machine's own network, and every address is a
@@ -25,8 +30,12 @@ readonly LAB=natlab                    # prefix of every namespace, and the stat
 readonly NS_LAPTOP=$LAB-laptop NS_ROUTER=$LAB-router NS_INTERNET=$LAB-internet
 readonly NS_SERVER=$LAB-server NS_USER=$LAB-user
 readonly NS_VENUE=$LAB-venue           # class: the venue's router; its laptops are $LAB-s1, -s2…
+# punch: two homes, A and B, each a laptop behind a router of its own.
+readonly NS_LAPTOP_A=$LAB-laptop-a NS_ROUTER_A=$LAB-router-a
+readonly NS_LAPTOP_B=$LAB-laptop-b NS_ROUTER_B=$LAB-router-b
 readonly HOME_NS="$NS_LAPTOP $NS_ROUTER $NS_INTERNET $NS_SERVER $NS_USER"
-readonly ALL_NS="$HOME_NS $NS_VENUE"   # plus the students', whose number varies: lab_namespaces
+readonly PUNCH_NS="$NS_LAPTOP_A $NS_ROUTER_A $NS_LAPTOP_B $NS_ROUTER_B"
+readonly ALL_NS="$HOME_NS $NS_VENUE $PUNCH_NS"   # plus the students', whose number varies: lab_namespaces
 readonly STATE=/run/$LAB               # the secret, the logs, the laptop app's files
 
 # The home LAN (private, RFC 1918) and three "internet" networks (RFC 5737).
@@ -37,10 +46,21 @@ readonly USER_IP=192.0.2.20 ISP_USER_SIDE=192.0.2.1
 # class: the venue's LAN (private too) and its router's one public address, on the link the
 # home router has otherwise (class builds no home, so the two never meet).
 readonly VENUE_LAN_IP=10.40.0.1 VENUE_WAN_IP=203.0.113.5
+# punch: both homes' LANs use the same private range, as two real homes may. Router A takes the
+# home router's link and address, router B the user's link (punch builds neither the home nor
+# the user: laptop A is the one who wants to reach laptop B).
+readonly PUNCH_LAN=192.168.1.0/24 PUNCH_LAPTOP_IP=192.168.1.2 PUNCH_ROUTER_LAN_IP=192.168.1.1
+readonly ROUTER_A_WAN_IP=$ROUTER_WAN_IP ROUTER_B_WAN_IP=192.0.2.2
 
 readonly APP_PORT=8000 ECHO_PORT=7007 CONTROL_PORT=60623 PUBLIC_PORT=60624
 readonly IDLE_TIMEOUT=20               # heartbeat: the router forgets an idle TCP flow after this
 readonly CLASS_PORTS=61000-61099 CLASS_SIZE=5 CLASS_MAX=30   # class: the students' public ports
+readonly RENDEZVOUS_PORT=3478 PUNCH_PORT=40000   # punch: the rendezvous's first port (STUN's), the peers'
+# punch: how long the peers keep a direct path open, and how often they send a keep-alive. Linux
+# marks a UDP flow [ASSURED] (kept 120 s, not 30) only once it carries datagrams both ways and is
+# still in use 2 s after it began: so a path held past that, not a few lines exchanged in a
+# second, shows [ASSURED].
+readonly PUNCH_HOLD=3s PUNCH_KEEPALIVE=1s
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Debug builds: they are what `swift build`/`swift run` and CI's test build already made, and
@@ -49,7 +69,7 @@ readonly BIN=${NATLAB_BIN:-$REPO/.build/debug}
 
 usage() {
     cat <<EOF
-usage: nat-lab.sh up | down | demo | heartbeat | class [N] | --help
+usage: nat-lab.sh up | down | demo | heartbeat | class [N] | punch [--symmetric] | --help
 
 A NAT lab on one Linux machine: network namespaces for a laptop behind a home router
 (NAT + firewall), a tunnel server on the "internet", and a user. Run as root.
@@ -63,11 +83,17 @@ A NAT lab on one Linux machine: network namespaces for a laptop behind a home ro
   class [N]  N laptops (1 to $CLASS_MAX, default $CLASS_SIZE) behind one venue router, each with its
              own app and tunnel on one class-mode server (--ports $CLASS_PORTS): the
              server sees one address, the user reaches every student (~2 s)
+  punch      two laptops in two homes, each behind its own NAT (both LANs $PUNCH_LAN),
+             meet at a rendezvous on the server and punch holes through both NATs: a
+             direct UDP path, no relay; held ${PUNCH_HOLD} with keep-alives (~4 s)
+  punch --symmetric
+             the same with router B's \`masquerade random\` (a new port for each
+             destination): no direct path; the stage-3 tunnel gets through instead (~11 s)
   -h, --help show this help
 
-demo, heartbeat and class build their own lab and remove it when they finish, fail or are
-interrupted. They run the stage-3 executables from $BIN: build them first,
-as yourself, with \`swift build\`. Explained in stage_3/lab/README.md.
+demo, heartbeat, class and punch build their own lab and remove it when they finish, fail
+or are interrupted. They run the stage-3 executables from $BIN: build
+them first, as yourself, with \`swift build\`. Explained in stage_3/lab/README.md.
 EOF
 }
 
@@ -124,8 +150,10 @@ user_gets_the_page() {
 # ---------------------------------------------------------------------------------------------
 # Before anything: say clearly what is missing, and how to follow along without it.
 
+# check_can_run [full [conntrack] [punch]]: the tools every run needs; with full, those of a
+# scenario too (conntrack: the conntrack tool; punch: the hole-punching executables).
 check_can_run() {
-    local missing=()
+    local missing=() needs=" ${*:2} "
     [[ $(uname -s) == Linux ]] || missing+=("Linux (network namespaces are a Linux feature)")
     [[ $(id -u) == 0 ]] || missing+=("root (namespaces, veth links and nftables need it): run it as root, in a root shell or with sudo")
     command -v ip >/dev/null && ip netns list >/dev/null 2>&1 ||
@@ -135,10 +163,11 @@ check_can_run() {
         command -v curl >/dev/null || missing+=("curl (apt-get install curl)")
         command -v python3 >/dev/null || missing+=("python3, for the laptop's apps (apt-get install python3)")
         grep -q OpenBSD < <(nc -h 2>&1) || missing+=("OpenBSD's nc, for its -N (apt-get install netcat-openbsd)")
-        [[ ${2:-} != conntrack ]] || command -v conntrack >/dev/null ||
+        [[ $needs != *" conntrack "* ]] || command -v conntrack >/dev/null ||
             missing+=("conntrack, to watch the router's table (apt-get install conntrack)")
-        local exe
-        for exe in stage3-server stage3-client; do
+        local exe exes=(stage3-server stage3-client)
+        [[ $needs != *" punch "* ]] || exes+=(stage3-rendezvous stage3-punch)
+        for exe in "${exes[@]}"; do
             [[ -x $BIN/$exe ]] || missing+=("$BIN/$exe: build it first, as yourself, in $REPO: swift build")
         done
     fi
@@ -205,35 +234,48 @@ make_state() {
 
 # The "internet": one namespace that routes between three public networks, with the server
 # and the user on two of them. It knows no route to a private network (192.168.50.0/24,
-# 10.40.0.0/24): private addresses mean nothing on the internet.
+# 10.40.0.0/24, 192.168.1.0/24): private addresses mean nothing on the internet.
+# build_internet no-user: the same without the user (punch gives its link to router B).
 build_internet() {
-    new_namespaces "$NS_INTERNET" "$NS_SERVER" "$NS_USER"
+    new_namespaces "$NS_INTERNET" "$NS_SERVER"
     link "$NS_SERVER" eth0 "$NS_INTERNET" to-server
-    link "$NS_USER" eth0 "$NS_INTERNET" to-user
     ip -n "$NS_SERVER" addr add "$SERVER_IP/24" dev eth0
     ip -n "$NS_INTERNET" addr add "$ISP_SERVER_SIDE/24" dev to-server
-    ip -n "$NS_USER" addr add "$USER_IP/24" dev eth0
-    ip -n "$NS_INTERNET" addr add "$ISP_USER_SIDE/24" dev to-user
     ip -n "$NS_SERVER" route add default via "$ISP_SERVER_SIDE"
-    ip -n "$NS_USER" route add default via "$ISP_USER_SIDE"
+    if [[ ${1:-} != no-user ]]; then
+        new_namespaces "$NS_USER"
+        link "$NS_USER" eth0 "$NS_INTERNET" to-user
+        ip -n "$NS_USER" addr add "$USER_IP/24" dev eth0
+        ip -n "$NS_INTERNET" addr add "$ISP_USER_SIDE/24" dev to-user
+        ip -n "$NS_USER" route add default via "$ISP_USER_SIDE"
+    fi
     ip netns exec "$NS_INTERNET" sysctl -qw net.ipv4.ip_forward=1
 }
 
-# connect_router NS WAN_IP: the third public network, between router NS's wan0 and the
-# internet, with WAN_IP the router's one public address.
+# connect_router NS WAN_IP [ISP_IP ISP_LINK]: a public network between router NS's wan0 and
+# the internet's ISP_LINK (address ISP_IP), with WAN_IP the router's one public address. By
+# default the third network, the home router's (to-router, $ISP_ROUTER_SIDE).
 connect_router() {
-    link "$1" wan0 "$NS_INTERNET" to-router
+    local isp_ip=${3:-$ISP_ROUTER_SIDE} isp_link=${4:-to-router}
+    link "$1" wan0 "$NS_INTERNET" "$isp_link"
     ip -n "$1" addr add "$2/24" dev wan0
-    ip -n "$NS_INTERNET" addr add "$ISP_ROUTER_SIDE/24" dev to-router
-    ip -n "$1" route add default via "$ISP_ROUTER_SIDE"
+    ip -n "$NS_INTERNET" addr add "$isp_ip/24" dev "$isp_link"
+    ip -n "$1" route add default via "$isp_ip"
     ip netns exec "$1" sysctl -qw net.ipv4.ip_forward=1
 }
 
-# nat_and_firewall NS: router NS masquerades (NATs) its LAN's (lan0's) outgoing connections
-# onto its one public address (wan0's), and drops every connection that starts outside.
-# Connection tracking is what makes both work: it remembers each outgoing flow, so replies
-# are let in and translated back. The explicit `counter drop` rules make the drops visible
-# in `nft list ruleset`.
+# nat_and_firewall NS [random]: router NS masquerades (NATs) its LAN's (lan0's) outgoing
+# connections onto its one public address (wan0's), and drops every connection that starts
+# outside. Connection tracking is what makes both work: it remembers each outgoing flow, so
+# replies are let in and translated back. The explicit `counter drop` rules make the drops
+# visible in `nft list ruleset`.
+# Linux's masquerade keeps a flow's source port when it is free, so one socket gets the same
+# public port for every destination (endpoint-independent mapping, in RFC 4787's terms);
+# with random, it picks a random port for each new flow, so each destination sees another
+# port (endpoint-dependent mapping, the "symmetric NAT"): punch --symmetric.
+# The input chain's policy drop matters to punch too: a peer's first punch may reach this
+# router before its laptop has sent anything; accepted, it would become a tracked flow that
+# holds the laptop's port, and masquerade would then move the laptop to another port.
 nat_and_firewall() {
     ip netns exec "$1" nft -f - <<EOF
 table inet router {
@@ -251,7 +293,7 @@ table inet router {
     }
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "wan0" counter masquerade
+        oifname "wan0" counter masquerade${2:+ $2}
     }
 }
 EOF
@@ -413,10 +455,10 @@ socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[1])), Echo).serve_forev
     wait_for_port "$NS_LAPTOP" 0.0.0.0 "$ECHO_PORT" 10 || fail "the laptop's echo app did not start"
 }
 
-# begin_run [conntrack]: check everything (conntrack too, if asked), and see to it that the
-# lab the caller then builds is removed however the run ends.
+# begin_run [conntrack] [punch]: check everything (conntrack, the punching executables too, if
+# asked), and see to it that the lab the caller then builds is removed however the run ends.
 begin_run() {
-    check_can_run full "${1:-}"
+    check_can_run full "$@"
     lab_is_up && die "the lab is already up (from nat-lab.sh up, or a run that was killed); remove it first with: $0 down"
     trap teardown EXIT
     trap 'echo; echo "nat-lab: interrupted; removing the lab"; exit 130' INT TERM
@@ -748,9 +790,243 @@ cmd_class() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# punch: two homes, each a laptop behind a router of its own, and a rendezvous on the server's
+# machine; the laptops punch holes through both NATs for a direct UDP path. With --symmetric,
+# router B gives each destination a port of its own, no hole lines up, and the stage-3 tunnel
+# (a relay) is the way through. The chapter: stage_3/punch/README.md.
 
-# One subcommand at a time; only class takes an argument, the class's size.
-if (($# > 2)) || { (($# == 2)) && [[ $1 != class ]]; }; then
+# build_punch_home LAPTOP_NS ROUTER_NS WAN_IP ISP_IP ISP_LINK [random]: a home like the lab's
+# first one, with the same NAT and firewall, on $PUNCH_LAN: both homes use the same private
+# range and the same addresses, as two real homes may.
+build_punch_home() {
+    new_namespaces "$1" "$2"
+    link "$1" eth0 "$2" lan0
+    ip -n "$1" addr add "$PUNCH_LAPTOP_IP/24" dev eth0
+    ip -n "$2" addr add "$PUNCH_ROUTER_LAN_IP/24" dev lan0
+    ip -n "$1" route add default via "$PUNCH_ROUTER_LAN_IP"
+    connect_router "$2" "$3" "$4" "$5"
+    nat_and_firewall "$2" "${6:-}"
+}
+
+print_punch_map() {
+    cat <<EOM
+   laptop A $PUNCH_LAPTOP_IP ── router A $PUNCH_ROUTER_LAN_IP │ NAT │ $ROUTER_A_WAN_IP ─┐
+                                                                    ├── internet ── server $SERVER_IP
+   laptop B $PUNCH_LAPTOP_IP ── router B $PUNCH_ROUTER_LAN_IP │ NAT │ $ROUTER_B_WAN_IP ───┘               rendezvous on :$RENDEZVOUS_PORT and :$((RENDEZVOUS_PORT + 1))
+EOM
+}
+
+# show_udp_flows NS: router NS's tracked UDP flows, shown as typed, and kept in $STATE/NS.flows.
+show_udp_flows() {
+    printf '   $ ip netns exec %s conntrack -L -p udp\n' "$1"
+    ip netns exec "$1" conntrack -L -p udp 2>/dev/null >"$STATE/$1.flows" || true
+    indent <"$STATE/$1.flows"
+}
+
+# peer_flow NS DESTINATION: router NS's flow from its laptop's port to DESTINATION, the other
+# router's address (one line, or none).
+peer_flow() {
+    grep -E "src=$PUNCH_LAPTOP_IP dst=$2 sport=$PUNCH_PORT " "$STATE/$1.flows" || true
+}
+
+# punch_peers: the rendezvous on the server, then a peer on each laptop, both started at once
+# (alice on A, bob on B); waits for both and shows what each said. Sets alice_status and
+# bob_status to their exit statuses.
+punch_peers() {
+    local rendezvous=$SERVER_IP:$RENDEZVOUS_PORT name
+    start rendezvous "$NS_SERVER" "$BIN/stage3-rendezvous" --listen "$rendezvous"
+    wait_for_log rendezvous '^stage3-rendezvous: listening' 10 || fail "stage3-rendezvous did not start"
+    note "started: ip netns exec $NS_SERVER stage3-rendezvous --listen $rendezvous"
+    start alice "$NS_LAPTOP_A" "$BIN/stage3-punch" --rendezvous "$rendezvous" --name alice --peer bob --port "$PUNCH_PORT" --hold "$PUNCH_HOLD" --keepalive "$PUNCH_KEEPALIVE"
+    start bob "$NS_LAPTOP_B" "$BIN/stage3-punch" --rendezvous "$rendezvous" --name bob --peer alice --port "$PUNCH_PORT" --hold "$PUNCH_HOLD" --keepalive "$PUNCH_KEEPALIVE"
+    note "one on each laptop:"
+    note "  ip netns exec $NS_LAPTOP_A stage3-punch --rendezvous $rendezvous --name alice --peer bob --port $PUNCH_PORT --hold $PUNCH_HOLD --keepalive $PUNCH_KEEPALIVE"
+    note "  ip netns exec $NS_LAPTOP_B stage3-punch --rendezvous $rendezvous --name bob --peer alice --port $PUNCH_PORT --hold $PUNCH_HOLD --keepalive $PUNCH_KEEPALIVE"
+    alice_status=0 bob_status=0
+    wait "$(<"$STATE/alice.pid")" || alice_status=$?
+    wait "$(<"$STATE/bob.pid")" || bob_status=$?
+    note "alice, on laptop A (exit status $alice_status):"
+    indent <"$STATE/alice.log"
+    note "bob, on laptop B (exit status $bob_status):"
+    indent <"$STATE/bob.log"
+    for name in alice bob; do
+        grep -q '^stage3-punch: \[3\] ' "$STATE/$name.log" || fail "$name never learnt from the rendezvous where its peer is"
+    done
+}
+
+# check_rendezvous_log: its log has only probes and registers, from the two routers' addresses.
+check_rendezvous_log() {
+    local lines others addresses
+    lines=$(grep -v '^stage3-rendezvous: listening' "$STATE/rendezvous.log" || true)
+    indent <<<"$lines"
+    if grep -q 'ignored' <<<"$lines"; then
+        fail "the rendezvous ignored datagrams: something other than a probe or a register reached it"
+    fi
+    others=$(grep -vE '^stage3-rendezvous: (\[1\] probe from |\[3\] [a-z]+ registered from |\[3\] [a-z]+ at .* named each other)' <<<"$lines" || true)
+    [[ -z $others ]] || fail "the rendezvous logged more than probes and registers: $others"
+    addresses=$(grep -oE '([0-9]+\.){3}[0-9]+' <<<"$lines" | sort -u)
+    [[ $addresses == "$(printf '%s\n' "$ROUTER_A_WAN_IP" "$ROUTER_B_WAN_IP" | sort)" ]] ||
+        fail "the rendezvous saw other addresses than the two routers': ${addresses//$'\n'/, }"
+    note "$(grep -c . <<<"$lines") lines: $(grep -c '\[1\] probe' <<<"$lines") probes, $(grep -c ' registered from ' <<<"$lines") registers," \
+        "$(grep -c 'named each other' <<<"$lines") introduction, nothing ignored, from the routers' addresses only"
+}
+
+# relay_fallback: what works when punching does not, the stage-3 tunnel (a relay on the
+# server): an app and its client on laptop B, and laptop A as the user.
+relay_fallback() {
+    mkdir "$STATE/www-b"
+    echo "hello from the app on laptop B ($PUNCH_LAPTOP_IP), behind router B's symmetric NAT" >"$STATE/www-b/index.html"
+    start app "$NS_LAPTOP_B" python3 -m http.server "$APP_PORT" --bind 127.0.0.1 --directory "$STATE/www-b"
+    wait_for_port "$NS_LAPTOP_B" 127.0.0.1 "$APP_PORT" 10 || fail "laptop B's web app did not start"
+    note "laptop B runs a web app on 127.0.0.1:$APP_PORT"
+    start_with_secret server "$NS_SERVER" "$BIN/stage3-server" --host "$SERVER_IP"
+    wait_for_log server 'listening' 10 || fail "stage3-server did not start"
+    note "started: TUNNEL_SECRET=… ip netns exec $NS_SERVER stage3-server --host $SERVER_IP"
+    start_with_secret client "$NS_LAPTOP_B" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP"
+    note "started: TUNNEL_SECRET=… ip netns exec $NS_LAPTOP_B stage3-client 127.0.0.1:$APP_PORT $SERVER_IP"
+    wait_for_log client '\[1\] registered' 10 || fail "laptop B's tunnel client did not register"
+    grep -E '\[1\] registered' "$STATE/client.log" | indent
+    local page
+    page=$(shown "$NS_LAPTOP_A" curl -sS -m 10 "http://$SERVER_IP:$PUBLIC_PORT/") ||
+        { printf '%s\n' "$page"; fail "laptop A's curl through the tunnel failed"; }
+    printf '%s\n' "$page"
+    grep -q "hello from the app on laptop B" <<<"$page" || fail "laptop A did not get laptop B's page"
+    grep -E '\[(2|3|4)\]' "$STATE/server.log" | tail -n 3 | indent
+    grep -qE "\[2\] user $ROUTER_A_WAN_IP:[0-9]+ connected" "$STATE/server.log" ||
+        fail "the server did not see laptop A arrive from router A's $ROUTER_A_WAN_IP"
+    grep -qE "\[4\] proxy connection from $ROUTER_B_WAN_IP:[0-9]+ matched" "$STATE/server.log" ||
+        fail "the server did not see laptop B's proxy connection arrive from router B's $ROUTER_B_WAN_IP"
+}
+
+# punch_direct: the checks of plain `punch`, after punch_peers.
+punch_direct() {
+    local name
+    for name in alice bob; do
+        grep -q '^stage3-punch: \[2\] .*endpoint-independent' "$STATE/$name.log" ||
+            fail "$name's NAT did not keep one mapping for both of the rendezvous's ports"
+    done
+    ((alice_status == 0 && bob_status == 0)) ||
+        fail "a peer found no direct path (alice exited $alice_status, bob $bob_status; 0 means a direct path)"
+    for name in alice bob; do
+        grep -q '^stage3-punch: \[6\] direct path' "$STATE/$name.log" || fail "$name exited 0 without saying \"direct path\""
+    done
+    ok "both found a direct path (exit status 0): each router let in the other's punches"
+
+    heading "Check 2: each router tracks the flow between the laptops, answered both ways."
+    local flow_a flow_b
+    show_udp_flows "$NS_ROUTER_A"
+    show_udp_flows "$NS_ROUTER_B"
+    flow_a=$(peer_flow "$NS_ROUTER_A" "$ROUTER_B_WAN_IP")
+    flow_b=$(peer_flow "$NS_ROUTER_B" "$ROUTER_A_WAN_IP")
+    [[ -n $flow_a && -n $flow_b ]] || fail "a router tracks no flow from its laptop to the other router"
+    [[ $flow_a$flow_b != *UNREPLIED* ]] || fail "a router's flow between the laptops was never answered"
+    [[ $flow_a == *ASSURED* && $flow_b == *ASSURED* ]] ||
+        fail "a router's flow between the laptops is not [ASSURED] after the keep-alives"
+    [[ $flow_a == *" src=$ROUTER_B_WAN_IP dst=$ROUTER_A_WAN_IP sport=$PUNCH_PORT dport=$PUNCH_PORT "* &&
+        $flow_b == *" src=$ROUTER_A_WAN_IP dst=$ROUTER_B_WAN_IP sport=$PUNCH_PORT dport=$PUNCH_PORT "* ]] ||
+        fail "a router did not keep port $PUNCH_PORT for its laptop's flow to the other router"
+    note "three flows on each router, all from the laptop's port $PUNCH_PORT: to the rendezvous's two"
+    note "ports, and to the other router. Each reply side ends in dport=$PUNCH_PORT: the router kept"
+    note "the laptop's port for every destination, so where the rendezvous saw each peer is where"
+    note "the other's punches arrived. The flow between the laptops is [ASSURED]: answered, and"
+    note "still in use after 2 s (the keep-alives), so the router keeps it 120 s after its last"
+    note "datagram (the number after 17), the rendezvous's flows only 30"
+    ok "each router's mapping held for the other peer: $ROUTER_A_WAN_IP:$PUNCH_PORT ⇄ $ROUTER_B_WAN_IP:$PUNCH_PORT"
+
+    heading "Check 3: the rendezvous only introduced them: the peers' lines went direct."
+    check_rendezvous_log
+    ok "the rendezvous saw no datagram of the peers' conversation: no relay between them"
+
+    heading "nat-lab punch: all 3 checks held: a direct path through both NATs, no relay."
+}
+
+# punch_symmetric: the checks of `punch --symmetric`, after punch_peers; then the fallback.
+punch_symmetric() {
+    grep -q '^stage3-punch: \[2\] .*endpoint-dependent' "$STATE/bob.log" ||
+        fail "bob did not find router B's mapping endpoint-dependent"
+    grep -q '^stage3-punch: \[3\] bob is at .*(its NAT: dependent)' "$STATE/alice.log" ||
+        fail "alice was not told that bob's NAT is endpoint-dependent"
+    ((alice_status == 3 && bob_status == 3)) ||
+        fail "the peers should both have found no direct path (exit status 3); alice exited $alice_status, bob $bob_status"
+    local name
+    for name in alice bob; do
+        grep -q 'no direct path' "$STATE/$name.log" || fail "$name exited 3 without saying \"no direct path\""
+    done
+    ok "no direct path (both exit status 3), as predicted: router B gives each destination a port of its own"
+
+    heading "Check 2: router B sent bob's punches from a port nobody was told about."
+    local flow_a flow_b seen sent
+    show_udp_flows "$NS_ROUTER_A"
+    show_udp_flows "$NS_ROUTER_B"
+    flow_a=$(peer_flow "$NS_ROUTER_A" "$ROUTER_B_WAN_IP")
+    flow_b=$(peer_flow "$NS_ROUTER_B" "$ROUTER_A_WAN_IP")
+    [[ -n $flow_a && -n $flow_b ]] || fail "a router tracks no flow from its laptop to the other router"
+    [[ $flow_a == *UNREPLIED* && $flow_b == *UNREPLIED* ]] || fail "a flow between the laptops was answered"
+    seen=$(grep -oE '\[3\] bob is at [0-9.]+:[0-9]+' "$STATE/alice.log")
+    seen=${seen##*:}
+    sent=${flow_b##*dport=}
+    sent=${sent%% *}
+    [[ $seen != "$sent" ]] || fail "router B sent bob's punches from the port the rendezvous saw ($seen)"
+    note "the rendezvous saw bob at $ROUTER_B_WAN_IP:$seen, and alice punched that port; but bob's"
+    note "punches to alice left router B from port $sent (router B's flow to $ROUTER_A_WAN_IP, its"
+    note "reply side: dport=$sent), a mapping of their own. Each router's flow to the other stays"
+    note "[UNREPLIED]: the other's punches matched none of its flows, so to each router they were"
+    note "traffic that started outside, addressed to the router itself: its input chain dropped them"
+    local ns dropped
+    for ns in "$NS_ROUTER_A" "$NS_ROUTER_B"; do
+        printf '   $ ip netns exec %s nft list chain inet router input | grep counter\n' "$ns"
+        dropped=$(ip netns exec "$ns" nft list chain inet router input | grep -o 'counter.*')
+        indent <<<"$dropped"
+        [[ $dropped =~ packets\ [1-9] ]] || fail "$ns's input chain dropped nothing: where did the other's punches go?"
+    done
+    ok "each router dropped the other's punches: no hole lines up with a port-per-destination NAT"
+
+    heading "Check 3: the fallback, a relay: the same two laptops through the stage-3 tunnel."
+    relay_fallback
+    ok "laptop A reached laptop B's app through the server: a relay needs no hole, since"
+    note "  every connection through either router was opened from inside its home"
+
+    heading "nat-lab punch --symmetric: all 3 checks held: no direct path, as predicted; the relay got through."
+}
+
+cmd_punch() {
+    local symmetric=
+    case $1 in
+        "") ;;
+        --symmetric) symmetric=random ;;
+        *) echo "nat-lab: punch takes nothing or --symmetric, got: $1" >&2; exit 2 ;;
+    esac
+    begin_run conntrack punch
+    make_state
+    build_internet no-user
+    build_punch_home "$NS_LAPTOP_A" "$NS_ROUTER_A" "$ROUTER_A_WAN_IP" "$ISP_ROUTER_SIDE" to-router-a
+    build_punch_home "$NS_LAPTOP_B" "$NS_ROUTER_B" "$ROUTER_B_WAN_IP" "$ISP_USER_SIDE" to-router-b $symmetric
+    if [[ -n $symmetric ]]; then
+        echo "nat-lab punch --symmetric: the same two homes, router B with a \"symmetric\" NAT"
+    else
+        echo "nat-lab punch: two laptops, each behind its own NAT, look for a direct path"
+    fi
+    print_punch_map
+    note "both LANs are $PUNCH_LAN, as in two real homes: a private address means nothing outside"
+    note "its home. Each router masquerades, and drops what starts outside (input and forward)"
+    if [[ -n $symmetric ]]; then
+        note "router B: \`masquerade random\`: a random port for each new flow, so each destination"
+        note "sees laptop B from a port of its own (endpoint-dependent mapping, a \"symmetric\" NAT)"
+    fi
+
+    heading "Check 1: the rendezvous on the server, and a peer on each laptop, started at once."
+    punch_peers
+    if [[ -n $symmetric ]]; then
+        punch_symmetric
+    else
+        punch_direct
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+
+# One subcommand at a time; only class (the class's size) and punch (--symmetric) take an argument.
+if (($# > 2)) || { (($# == 2)) && [[ $1 != class && $1 != punch ]]; }; then
     echo "nat-lab: one subcommand at a time, got: $*" >&2
     usage >&2
     exit 2
@@ -761,6 +1037,7 @@ case ${1:-} in
     demo) cmd_demo ;;
     heartbeat) cmd_heartbeat ;;
     class) cmd_class "${2-$CLASS_SIZE}" ;;
+    punch) cmd_punch "${2-}" ;;
     -h | --help | help) usage ;;
     *) usage >&2; exit 2 ;;
 esac

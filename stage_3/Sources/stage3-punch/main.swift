@@ -9,6 +9,7 @@ let tool = Tool(
     usage: """
         usage: stage3-punch --rendezvous host:port --name NAME --peer NAME [--second-port N]
                             [--port N] [--timeout duration] [--lines N] [--hold duration]
+                            [--keepalive duration]
 
         Tries to reach another machine behind NAT directly, with no relay: learns its own public
         address and the peer's from the rendezvous, then both send to each other until one
@@ -20,7 +21,9 @@ let tool = Tool(
           --port N                our UDP port (default: any free one)
           --timeout duration      give up on a direct path after this long (default 10s)
           --lines N               lines to exchange once direct (default 3)
-          --hold duration         keep the path open this long afterwards, with keep-alives (default 0)
+          --hold duration         keep the path open this long afterwards (default 0)
+          --keepalive duration    while holding, a keep-alive this often, or the NATs forget the
+                                  path (default 10s; Linux forgets a quiet UDP flow after 30 s)
           -h, --help              show this help
 
         exit status: 0 a direct path (the log says `direct path`), 3 no direct path within
@@ -43,6 +46,7 @@ let settings = tool.parse { arguments in
     settings.timeout = try arguments.duration("--timeout", default: settings.timeout)
     settings.lines = try arguments.count("--lines", default: settings.lines, range: 0...100)
     settings.hold = try arguments.duration("--hold", default: .zero)
+    settings.keepAlive = try arguments.duration("--keepalive", default: settings.keepAlive)
     guard try arguments.positionals().isEmpty else { throw UsageError("stage3-punch takes no arguments; see the flags") }
     try settings.check()
     return settings

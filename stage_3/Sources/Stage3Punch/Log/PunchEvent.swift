@@ -19,7 +19,7 @@ public enum PunchEvent: Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .asking(rendezvous, second, local):
-            "[1] from \(local): asking the rendezvous at \(rendezvous) and \(second) where it sees us, then registering"
+            "[1] from our UDP port \(local.port): asking the rendezvous at \(rendezvous) and \(second) where it sees us, then registering"
         case let .seen(main, second, mapping):
             "[2] the rendezvous saw us as \(main) from its first port and as \(second) from its second: \(mapping.meaning)"
         case let .peerAt(name, at, mapping): "[3] \(name) is at \(at) (its NAT: \(mapping.rawValue))"
@@ -29,7 +29,7 @@ public enum PunchEvent: Sendable, CustomStringConvertible {
         case let .line(name, text): "[6] from \(name), directly: \(text)"
         case let .exchanged(sent, received): "[6] sent \(sent) lines, received \(received), over the direct path"
         case .keptAlive(let name): "[6] keep-alive from \(name): the path is still open"
-        case .noDirectPath(let reason): reason
+        case .noDirectPath(let reason): "[6] \(reason)"
         }
     }
 }
@@ -41,7 +41,8 @@ extension Mapping {
         case .endpointIndependent:
             "one mapping for every destination (endpoint-independent, or no NAT): punching can work"
         case .endpointDependent:
-            "a new mapping for each destination (endpoint-dependent, \"symmetric\"): punching will fail"
+            "a new mapping for each destination (endpoint-dependent, \"symmetric\"): punching will fail "
+                + "wherever the other side lets in only replies, as home routers do"
         }
     }
 }
