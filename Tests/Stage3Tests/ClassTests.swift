@@ -144,10 +144,14 @@ struct ClassTests {
         let port = try #require(answer.flatMap { UInt16($0.split(separator: " ").last ?? "") })
         #expect(answer == "claimed alice \(port)")
         first.close()
+        #expect(server.events.wait(for: 1) {
+            if case .tunnel("alice", .controlClosed) = $0 { true } else { false }
+        }, "the server has seen alice's client go")
         // Within the grace period: another token is refused; the holder's gets the same port.
         let (stranger, refused) = try handClaim(server, name: "alice", token: "T2")
         stranger.close()
-        #expect(refused == "closing the name alice is held by another client; choose another with --name")
+        #expect(refused?.hasPrefix("closing the name alice is held by another client, which left 0 s ago: it is free in") == true,
+                "\(refused ?? "nothing")")
         let (back, again) = try handClaim(server, name: "alice", token: "T1")
         #expect(again == "claimed alice \(port)")
         #expect(server.events.wait { if case .reclaimed(name: "alice", _, _) = $0 { true } else { false } })

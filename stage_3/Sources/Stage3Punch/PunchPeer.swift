@@ -30,13 +30,17 @@ public final class PunchPeer: Sendable {
     public func run() throws -> PunchOutcome {
         defer { socket.close() }
         let deadline = ContinuousClock.now + settings.timeout
-        let second = Endpoint(host: settings.rendezvous.host, port: settings.secondPort)
-        events(.asking(rendezvous: settings.rendezvous, second: second, local: socket.local))
-        let (seenMain, seenSecond) = try whereAreWe(second: second, until: deadline)
+        // Its addresses as they will come back in `from` (numeric), so that an answer counts only
+        // from there: the rendezvous is the one party we trust, for where we and the peer are.
+        let main = try DatagramSocket.resolve(settings.rendezvous)
+        let second = Endpoint(host: main.host, port: settings.secondPort)
+        events(.asking(rendezvous: main, second: second, local: socket.local))
+        let (seenMain, seenSecond) = try whereAreWe(main: main, second: second, until: deadline)
         let mapping = Mapping.classify(seenByMain: seenMain, seenBySecond: seenSecond)
         events(.seen(main: seenMain, second: seenSecond, mapping: mapping))
-        guard let (peerAt, peerMapping) = try meetPeer(mapping: mapping, until: deadline) else {
-            return failed("\(settings.peer) never registered with the rendezvous (is it running, with --peer \(settings.name)?)")
+        guard let (peerAt, peerMapping) = try meetPeer(at: main, mapping: mapping, until: deadline) else {
+            return failed("\(settings.peer) never registered with the rendezvous (is it running, with --peer \(settings.name)?)",
+                          relayNeeded: false)
         }
         events(.peerAt(settings.peer, peerAt, mapping: peerMapping))
         let (heardThem, theyHeardUs) = try punch(peerAt, until: deadline)
@@ -49,45 +53,53 @@ public final class PunchPeer: Sendable {
         return .direct(peer: peerAt, linesReceived: received)
     }
 
-    /// Steps 1 and 2: `probe` to both ports of the rendezvous until each has said where it saw us.
-    private func whereAreWe(second: Endpoint, until deadline: ContinuousClock.Instant) throws -> (Endpoint, Endpoint) {
-        var seen: [UInt16: Endpoint] = [:]  // by the rendezvous port that answered
+    /// Step 1: `probe` to both ports of the rendezvous until each has said where it saw us.
+    /// (Step 2, comparing the two, is `Mapping.classify`.) Asked again every two intervals:
+    /// a datagram, or its answer, may be lost.
+    private func whereAreWe(main: Endpoint, second: Endpoint, until deadline: ContinuousClock.Instant) throws
+        -> (Endpoint, Endpoint)
+    {
+        var seen: [Endpoint: Endpoint] = [:]  // by the rendezvous address that answered
         var nextAsk = ContinuousClock.now
         while seen.count < 2 {
             guard ContinuousClock.now < deadline else {
-                throw RendezvousError(description: "no answer from the rendezvous at \(settings.rendezvous) and port "
-                    + "\(settings.secondPort) within \(settings.timeout): is it running, and reachable over UDP?")
+                throw RendezvousError(description: "no answer from the rendezvous at \(main) and \(second) within "
+                    + "\(settings.timeout): is it running, and reachable over UDP?")
             }
             if ContinuousClock.now >= nextAsk {
-                for port in [settings.rendezvous.port, settings.secondPort] where seen[port] == nil {
-                    try socket.send(RendezvousRequest.probe.datagram, to: Endpoint(host: settings.rendezvous.host, port: port))
-                }
+                for port in [main, second] where seen[port] == nil { try socket.send(RendezvousRequest.probe.datagram, to: port) }
                 nextAsk = .now + settings.interval * 2
             }
             guard let (bytes, from, _) = try socket.receive(deadline: min(nextAsk, deadline)) else { continue }
-            if case .seen(let endpoint)? = RendezvousAnswer(datagram: bytes),
-               [settings.rendezvous.port, settings.secondPort].contains(from.port) {
-                seen[from.port] = endpoint
+            if case .seen(let endpoint)? = RendezvousAnswer(datagram: bytes), from == main || from == second {
+                seen[from] = endpoint
             }
         }
-        return (seen[settings.rendezvous.port]!, seen[settings.secondPort]!)
+        return (seen[main]!, seen[second]!)
     }
 
-    /// Step 3: `register` until the rendezvous says where the peer is; nil if it never does.
-    private func meetPeer(mapping: Mapping, until deadline: ContinuousClock.Instant) throws -> (Endpoint, Mapping)? {
+    /// Step 3: `register` (again every two intervals) until the rendezvous says where the peer
+    /// is; nil if it never does.
+    private func meetPeer(at main: Endpoint, mapping: Mapping, until deadline: ContinuousClock.Instant) throws
+        -> (Endpoint, Mapping)?
+    {
         let register = RendezvousRequest.register(name: settings.name, peer: settings.peer, mapping: mapping).datagram
+        events(.waiting(name: settings.name, peer: settings.peer))
         var nextAsk = ContinuousClock.now
         while ContinuousClock.now < deadline {
             if ContinuousClock.now >= nextAsk {
-                try socket.send(register, to: settings.rendezvous)
+                try socket.send(register, to: main)
                 nextAsk = .now + settings.interval * 2
             }
-            guard let (bytes, from, _) = try socket.receive(deadline: min(nextAsk, deadline)),
-                  from.port == settings.rendezvous.port else { continue }
+            guard let (bytes, from, _) = try socket.receive(deadline: min(nextAsk, deadline)), from == main else { continue }
             switch RendezvousAnswer(datagram: bytes) {
             case let .peer(name, at, peerMapping)? where name == settings.peer: return (at, peerMapping)
             case .taken?:
-                throw RendezvousError(description: "the rendezvous says another address holds the name \(settings.name): choose another")
+                throw RendezvousError(description: "the rendezvous says another address and port hold the name "
+                    + "\(settings.name) (a name is free once its holder has been quiet for the rendezvous's --expiry, "
+                    + "30 s by default): choose another")
+            case .full?:
+                throw RendezvousError(description: "the rendezvous holds as many names as it may (its --max-names): try later")
             default: continue
             }
         }
@@ -128,37 +140,20 @@ public final class PunchPeer: Sendable {
                             to: peerAt)
         }
         var received = 0
-        let until = ContinuousClock.now + .seconds(2)
+        let until = ContinuousClock.now + .seconds(2)  // the lines are sent at once: they come at once, or were lost
         while received < settings.lines, let (bytes, from, _) = try socket.receive(deadline: until) {
             guard from == peerAt, let message = PeerMessage(datagram: bytes) else { continue }
             switch message {
             case .data(_, let text):
                 received += 1
                 events(.line(from: settings.peer, text: text))
-            case .punch(_, let heard) where !heard:  // it has not heard us yet: say so again
+            case .punch(_, let heard) where !heard:  // it has not heard us yet: tell it again that we heard it
                 try socket.send(PeerMessage.punch(from: settings.name, heard: true).datagram, to: peerAt)
             default: continue
             }
         }
         events(.exchanged(sent: settings.lines, received: received))
         return received
-    }
-
-    /// Keeps the path open for `hold`: a keep-alive every `keepAlive`, or the NATs forget the mapping.
-    private func hold(_ peerAt: Endpoint) throws {
-        guard settings.hold > .zero else { return }
-        let end = ContinuousClock.now + settings.hold
-        var nextKeepAlive = ContinuousClock.now
-        while ContinuousClock.now < end {
-            if ContinuousClock.now >= nextKeepAlive {
-                try socket.send(PeerMessage.keepAlive(from: settings.name).datagram, to: peerAt)
-                nextKeepAlive = .now + settings.keepAlive
-            }
-            if let (bytes, from, _) = try socket.receive(deadline: min(nextKeepAlive, end)), from == peerAt,
-               case .keepAlive? = PeerMessage(datagram: bytes) {
-                events(.keptAlive(settings.peer))
-            }
-        }
     }
 
     private func whyNot(mapping: Mapping, peerMapping: Mapping, heardThem: Bool, at peerAt: Endpoint) -> String {
@@ -174,8 +169,9 @@ public final class PunchPeer: Sendable {
             : "nothing arrived from \(settings.peer) at \(peerAt): a NAT or firewall between us drops it"
     }
 
-    private func failed(_ why: String) -> PunchOutcome {
-        let reason = "no direct path to \(settings.peer) within \(settings.timeout): \(why); a relay is needed (stage 3's tunnel)"
+    private func failed(_ why: String, relayNeeded: Bool = true) -> PunchOutcome {
+        let reason = "no direct path to \(settings.peer) within \(settings.timeout): \(why)"
+            + (relayNeeded ? "; a relay is needed (stage 3's tunnel)" : "")
         events(.noDirectPath(reason))
         return .noDirectPath(reason)
     }

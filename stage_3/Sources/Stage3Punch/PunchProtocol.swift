@@ -2,9 +2,10 @@
 // `tcpdump -A` and typeable with `nc -u`, as the tunnel's control lines are with `nc`.
 //   peer → rendezvous   probe                              on either port: "where do you see me?"
 //                       register <name> <peer> <mapping>   "I am <name>, I want to meet <peer>"
-//   rendezvous → peer   seen <host:port>                   the address the datagram came from
-//                       peer <name> <host:port> <mapping>  both named each other: go
-//                       taken <name>                       another address holds that name
+//   rendezvous → peer   seen <host:port>                   (to a probe) the address it came from
+//                       peer <name> <host:port> <mapping>  (to a register) both named each other: go
+//                       taken <name>                       (to a register) another address holds it
+//                       full                               (to a register) no room for a new name
 //   peer → peer         punch <name> <heard>               "here I am"; heard: 1 once theirs arrived
 //                       data <name> <text>                 a line, to show the path carries data
 //                       keepalive <name>                   keeps the routers' mappings alive
@@ -67,6 +68,7 @@ public enum RendezvousAnswer: Equatable, Sendable {
     case seen(Endpoint)
     case peer(name: String, at: Endpoint, mapping: Mapping)
     case taken(String)
+    case full
 
     public init?(datagram: [UInt8]) {
         guard let words = words(of: datagram) else { return nil }
@@ -80,6 +82,7 @@ public enum RendezvousAnswer: Equatable, Sendable {
         case ("taken", 2):
             guard isValidName(words[1]) else { return nil }
             self = .taken(words[1])
+        case ("full", 1): self = .full
         default: return nil
         }
     }
@@ -89,6 +92,7 @@ public enum RendezvousAnswer: Equatable, Sendable {
         case .seen(let endpoint): Array("seen \(endpoint)".utf8)
         case let .peer(name, at, mapping): Array("peer \(name) \(at) \(mapping.rawValue)".utf8)
         case .taken(let name): Array("taken \(name)".utf8)
+        case .full: Array("full".utf8)
         }
     }
 }

@@ -1,9 +1,8 @@
 // The rendezvous: the one machine both peers can reach, on the "internet". It does two jobs,
 // what STUN and a signalling server do for WebRTC:
-//   1. it tells each peer the address it saw the peer's datagram come from: the public address
-//      and port the peer's NAT chose, which the peer itself has no way to know (`seen`);
-//      a second port does the same, so a peer can tell whether its NAT chose one mapping for
-//      both destinations or one each (Mapping);
+//   1. it tells each peer where it saw the peer's datagram come from: the public address and
+//      port its NAT chose, which the peer cannot know (`seen`); a second port does the same, so
+//      the peer can tell one mapping for both destinations from one each (Mapping);
 //   2. once two peers have each registered naming the other, it tells each where the other is
 //      (`peer`). Then it is out of the way: the peers' data never passes through it.
 // It trusts nothing but what it saw: the source address of each datagram. A name is held by the
@@ -26,10 +25,12 @@ struct RendezvousBook {
     init(limits: RendezvousLimits) { self.limits = limits }
 
     enum Outcome: Equatable {
-        /// Registered; the peer it names has not (yet) named it back.
-        case waiting
+        /// Registered (`new`: for the first time, or with something changed); the peer it names
+        /// has not named it back yet. A peer registers again every few hundred milliseconds
+        /// while it waits, in case a datagram was lost: only a new registration is news.
+        case waiting(new: Bool)
         /// Both have named each other: tell each where the other is.
-        case paired(Endpoint, Mapping, other: Endpoint, Mapping)
+        case paired(other: Endpoint, otherMapping: Mapping)
         case taken  // another address holds this name
         case full  // `maxNames` are held
     }
@@ -40,9 +41,10 @@ struct RendezvousBook {
         forgetQuiet(now: now)
         if let held = entries[name], held.seen != seen { return .taken }
         if entries[name] == nil && entries.count >= limits.maxNames { return .full }
+        let new = entries[name].map { $0.peer != peer || $0.mapping != mapping } ?? true
         entries[name] = Entry(peer: peer, seen: seen, mapping: mapping, lastHeard: now)
-        guard let other = entries[peer], other.peer == name else { return .waiting }
-        return .paired(seen, mapping, other: other.seen, other.mapping)
+        guard let other = entries[peer], other.peer == name else { return .waiting(new: new) }
+        return .paired(other: other.seen, otherMapping: other.mapping)
     }
 
     /// Forgets every name not heard from for `expiry`; returns them.
@@ -82,11 +84,11 @@ public final class Rendezvous: Sendable {
     public func run(stop: StopSignal) throws {
         events(.listening(main: main.local, second: second.local))
         while !stop.isStopped {
-            var entries = [pollfd(fd: main.fd, events: Int16(POLLIN), revents: 0),
-                           pollfd(fd: second.fd, events: Int16(POLLIN), revents: 0),
-                           pollfd(fd: stop.readFD, events: Int16(POLLIN), revents: 0)]
-            guard poll(&entries, 3, 1000) >= 0 || errno == EINTR else { throw SocketError(call: "poll", code: errno) }
-            for (socket, entry) in zip([main, second], entries) where entry.revents != 0 {
+            var ready = [pollfd(fd: main.fd, events: Int16(POLLIN), revents: 0),
+                         pollfd(fd: second.fd, events: Int16(POLLIN), revents: 0),
+                         pollfd(fd: stop.readFD, events: Int16(POLLIN), revents: 0)]
+            guard poll(&ready, 3, 1000) >= 0 || errno == EINTR else { throw SocketError(call: "poll", code: errno) }
+            for (socket, entry) in zip([main, second], ready) where entry.revents != 0 {
                 if let (bytes, from, truncated) = try socket.receive(maxSize: maxDatagram, deadline: .now) {
                     handle(bytes, from: from, truncated: truncated, on: socket)
                 }
@@ -107,19 +109,19 @@ public final class Rendezvous: Sendable {
         case .register where socket === second:
             ignore(from, "register goes to the main port")
         case let .register(name, peer, mapping):
-            answer(.seen(from), to: from, on: socket)
             switch book.withLock({ $0.register(name, peer: peer, mapping: mapping, seen: from, now: .now) }) {
-            case .waiting:
+            case .waiting(let new):
+                if new { events(.registered(name: name, peer: peer, seen: from, mapping: mapping)) }
+            case let .paired(other, otherMapping):
                 events(.registered(name: name, peer: peer, seen: from, mapping: mapping))
-            case let .paired(seen, mapping, other, otherMapping):
-                events(.registered(name: name, peer: peer, seen: from, mapping: mapping))
-                answer(.peer(name: peer, at: other, mapping: otherMapping), to: seen, on: socket)
-                answer(.peer(name: name, at: seen, mapping: mapping), to: other, on: socket)
-                events(.paired(name, seen, peer, other))
+                answer(.peer(name: peer, at: other, mapping: otherMapping), to: from, on: socket)
+                answer(.peer(name: name, at: from, mapping: mapping), to: other, on: socket)
+                events(.paired(name, from, peer, other))
             case .taken:
                 answer(.taken(name), to: from, on: socket)
                 events(.refused(name: name, from: from, reason: "another address holds the name; it is free \(limits.expiry) after its last register"))
             case .full:
+                answer(.full, to: from, on: socket)
                 events(.refused(name: name, from: from, reason: "\(limits.maxNames) names are held already"))
             }
         }
@@ -130,10 +132,7 @@ public final class Rendezvous: Sendable {
     }
 
     private func ignore(_ from: Endpoint, _ reason: String) {
-        let total = ignored.withLock { count in
-            count += 1
-            return count
-        }
-        events(.ignored(from: from, reason: reason, total: total))
+        ignored.withLock { $0 += 1 }
+        events(.ignored(from: from, reason: reason, total: ignored.current))
     }
 }

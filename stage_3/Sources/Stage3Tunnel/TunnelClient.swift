@@ -14,8 +14,8 @@ import Stage0Pipe
 import Stage1Control
 import Stage2Proxy
 
-// Stage 3 speaks stage 2's protocol, with `auth [secret]` in front. Stage 1's messages share
-// these names, so this says once which ones this stage means.
+// Stage 3 speaks stage 2's protocol, with `auth [secret]` and `claim` in front. Stage 1's
+// messages share these names, so this says once which ones this stage means.
 typealias ClientMessage = Stage2Proxy.ClientMessage
 typealias ServerMessage = Stage2Proxy.ServerMessage
 
@@ -80,7 +80,7 @@ public final class TunnelClient: Sendable {
     }
 
     /// Runs until `stop()`. Throws `ClosedByServer` when the server refuses the client (a wrong
-    /// secret, or a newer client took over): trying again would only be refused again.
+    /// secret, a name another client holds, a newer client took over): a retry would be refused too.
     public func run() throws(ClosedByServer) {
         var failures = 0
         while !stopSignal.isStopped {
@@ -123,7 +123,7 @@ public final class TunnelClient: Sendable {
         events(.connected(server: control.peer, local: control.local))
         let reader = LineReader(control)
         try control.write(settings.secret.authLine + claim.line)
-        // `register` waits for the answer, so a connection we give up on never registers.
+        // `register` is sent only once our claim is answered: a connection we give up on never registers.
         let answer = Result { try reader.readLine(deadline: .now + settings.heartbeat.timeout) }
         if case .failure(let error as TimeoutError) = answer { return "no answer to our claim: \(error)" }
         guard let line = try answer.get() else { return "the server closed it before answering our claim" }

@@ -65,6 +65,15 @@ public final class DatagramSocket: Sendable {
         return (Array(buffer[..<min(count, maxSize)]), sender, count > maxSize)
     }
 
+    /// `endpoint` with its host as a numeric address (`getaddrinfo(3)`, its first answer): the
+    /// form `receive` reports senders in, so that an answer can be checked against it.
+    public static func resolve(_ endpoint: Endpoint) throws -> Endpoint {
+        guard let address = try endpoint.resolve(passive: false).first else {
+            throw ResolveError(host: endpoint.host, message: "no addresses")
+        }
+        return address.endpoint
+    }
+
     /// Closes the socket (`close(2)`), once.
     public func close() {
         if closed.exchange(true) { return }

@@ -13,7 +13,7 @@ public struct PunchSettings: Sendable {
     public var local = Endpoint(host: "0.0.0.0", port: 0)
     /// Everything up to the direct path must happen within this (`--timeout`).
     public var timeout: Duration = .seconds(10)
-    /// How often a punch is sent, and how often the rendezvous is asked again (UDP may drop any datagram).
+    /// How often a punch is sent; the rendezvous is asked again every two (UDP may drop any datagram).
     public var interval: Duration = .milliseconds(200)
     /// Lines of data to exchange once the path is direct.
     public var lines = 3

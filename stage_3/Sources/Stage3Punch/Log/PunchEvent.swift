@@ -7,6 +7,7 @@ import Stage0Pipe
 public enum PunchEvent: Sendable, CustomStringConvertible {
     case asking(rendezvous: Endpoint, second: Endpoint, local: Endpoint)
     case seen(main: Endpoint, second: Endpoint, mapping: Mapping)
+    case waiting(name: String, peer: String)
     case peerAt(String, Endpoint, mapping: Mapping)
     case firstPunchSent(String, Endpoint)
     case firstPunchReceived(String, Endpoint)
@@ -22,6 +23,7 @@ public enum PunchEvent: Sendable, CustomStringConvertible {
             "[1] from our UDP port \(local.port): asking the rendezvous at \(rendezvous) and \(second) where it sees us, then registering"
         case let .seen(main, second, mapping):
             "[2] the rendezvous saw us as \(main) from its first port and as \(second) from its second: \(mapping.meaning)"
+        case let .waiting(name, peer): "[3] registering as \(name), and waiting for \(peer) to register naming us"
         case let .peerAt(name, at, mapping): "[3] \(name) is at \(at) (its NAT: \(mapping.rawValue))"
         case let .firstPunchSent(name, at): "[4] first punch sent to \(name) at \(at)"
         case let .firstPunchReceived(name, at): "[5] first punch received from \(name) at \(at)"

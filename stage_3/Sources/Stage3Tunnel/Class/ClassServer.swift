@@ -145,12 +145,12 @@ public final class ClassServer: Sendable {
         let found: Result<(ClassTunnel, new: Bool), ClaimRefusal> = tunnels.withLock { tunnels in
             if let held = tunnels[claim.name] {
                 guard constantTimeEquals(Array(held.token.utf8), Array(claim.token.utf8)) else {
-                    return .failure(ClaimRefusal("the name \(claim.name) is held by another client; choose another with --name"))
+                    return .failure(ClaimRefusal(heldMessage(claim.name, gone: held.goneFor)))
                 }
                 return .success((held, false))
             }
             guard tunnels.count < settings.maxTunnels else {
-                return .failure(ClaimRefusal("the server has \(settings.maxTunnels) tunnels already (--max-tunnels)"))
+                return .failure(ClaimRefusal("the server is full: \(settings.maxTunnels) tunnels at most (--max-tunnels)"))
             }
             return open(claim, from: connection, among: &tunnels).map { ($0, true) }
         }
@@ -191,8 +191,14 @@ public final class ClassServer: Sendable {
         }
         var lastError: (any Error)?
         for port in candidates {
-            // Another program may hold a port of the range: then the next one.
-            guard let listener = try? Listener(on: Endpoint(host: settings.host, port: port)) else { continue }
+            // Another program may hold a port of the range: then the next one, and a line that says so.
+            let listener: Listener
+            do {
+                listener = try Listener(on: Endpoint(host: settings.host, port: port))
+            } catch {
+                events(.portSkipped(port, error: "\(error)"))
+                continue
+            }
             do {
                 let tunnel = try ClassTunnel(name: claim.name, token: claim.token,
                                              clientAddress: addressKey(connection.peer.host), listener: listener,
@@ -207,6 +213,17 @@ public final class ClassServer: Sendable {
         }
         return .failure(ClaimRefusal(lastError.map { "no tunnel could start: \($0)" }
             ?? (claim.port != 0 ? "port \(claim.port) is in use on the server" : "no free port in \(settings.ports.lowerBound)-\(settings.ports.upperBound)")))
+    }
+
+    /// Why a claim for `name` is refused: another client holds it; and when that one is gone
+    /// already (a student who restarted their client: a new process, so a new token), when the
+    /// name will be free.
+    private func heldMessage(_ name: String, gone: Duration?) -> String {
+        guard let gone else { return "the name \(name) is held by another client, connected now; choose another with --name" }
+        let left = max(.zero, settings.grace - gone)
+        return "the name \(name) is held by another client, which left \(Int(gone.components.seconds)) s ago: "
+            + "it is free in \(Int(left.components.seconds) + 1) s unless that client comes back (a restarted client is another client), "
+            + "or choose another with --name"
     }
 
     /// Once `tunnel`'s client has been gone for the grace period, frees its name and port.

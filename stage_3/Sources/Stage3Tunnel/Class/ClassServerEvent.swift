@@ -16,6 +16,8 @@ public enum ClassServerEvent: Sendable, CustomStringConvertible {
     /// A name's holder is back within the grace period, on the port it had.
     case reclaimed(name: String, public: Endpoint, client: Endpoint)
     case claimRefused(client: Endpoint, name: String, reason: String)
+    /// A port of the range could not be bound (another program holds it): the next one is tried.
+    case portSkipped(UInt16, error: String)
     /// The holder did not come back within the grace period: the port and the name are free.
     case closed(name: String, public: Endpoint, reason: String)
 
@@ -28,7 +30,7 @@ public enum ClassServerEvent: Sendable, CustomStringConvertible {
         switch self {
         case .door(let event): event.logSource
         case .tunnel(let name, _): name
-        case .listening, .opened, .reclaimed, .closed: nil
+        case .listening, .opened, .reclaimed, .closed, .portSkipped: nil
         case .claimRefused(let client, _, _): addressKey(client.host)
         }
     }
@@ -48,6 +50,8 @@ public enum ClassServerEvent: Sendable, CustomStringConvertible {
             "[\(name)] [1] its client is back, from \(client): same public port, \(endpoint.port)"
         case let .claimRefused(client, name, reason):
             "[1] \(client) may not have the name \(name): \(reason)"
+        case let .portSkipped(port, error):
+            "port \(port) of the range is not free (\(error)): skipped, the next one is tried"
         case let .closed(name, endpoint, reason):
             "[\(name)] port \(endpoint.port) and the name are free again: \(reason)"
         }

@@ -35,7 +35,7 @@ public final class ClassView: Sendable {
             inspectors.withLock { $0.removeValue(forKey: name) }?.stop()
         case .tunnel(let name, let event):
             inspectors.current[name]?.record(event)
-        case .door, .reclaimed, .claimRefused:
+        case .door, .reclaimed, .claimRefused, .portSkipped:
             break
         }
     }

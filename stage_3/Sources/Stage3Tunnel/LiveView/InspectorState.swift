@@ -120,11 +120,13 @@ extension LiveState {
             return end(user, step: 3, "timed out", detail: "no proxy connection within \(after)", nowMs: nowMs)
         case .proxyMatched(_, let user):
             return reach(user, step: 5)  // the proxy connection came (4) and is joined (5)
-        case let .userFinished(user, sent, received, error) where received == 0 && error == nil:
+        case let .userFinished(user, sent, received, error) where received == 0:
             // The server cannot see the app. When it is down, the client closes the proxy
-            // connection at once, and all the server sees is a user who got nothing back.
+            // connection at once (which may reach the user as a reset, if its request was still
+            // arriving), and all the server sees is a user who got nothing back.
             return finish(user, sent: sent, received: received, error: nil, nowMs: nowMs, ending: "no reply",
-                          detail: "nothing came back: is the app behind the client down? (the client's page says)")
+                          detail: "nothing came back" + (error.map { " (\($0))" } ?? "")
+                              + ": is the app behind the client down? (the client's page says)")
         case let .userFinished(user, sent, received, error):
             return finish(user, sent: sent, received: received, error: error, nowMs: nowMs)
         default:
