@@ -89,11 +89,11 @@ private func fetch(_ endpoint: Endpoint) throws -> String {
 }
 
 /// A control connection typed by hand, up to the server's answer to its claim.
-private func handClaim(_ server: RunningClassServer, name: String, token: String, port: UInt16 = 0) throws
-    -> (Connection, String?)
+private func handClaim(_ server: RunningClassServer, name: String, token: String, port: UInt16 = 0,
+                       secret: String? = nil) throws -> (Connection, String?)
 {
     let control = try Connection.connect(to: server.control)
-    try control.write("auth\nclaim \(name) \(token) \(port)\n")
+    try control.write(SharedSecret(secret).authLine + "claim \(name) \(token) \(port)\n")
     return (control, try control.readLineForTest())
 }
 
@@ -161,6 +161,46 @@ struct ClassTests {
         let (newcomer, granted) = try handClaim(server, name: "alice", token: "T2")
         defer { newcomer.close() }
         #expect(granted?.hasPrefix("claimed alice ") == true)
+    }
+
+    @Test("a holder that reconnects before its old connection ends keeps its name past the grace period")
+    func reconnectOverlapsTheOldConnection() throws {
+        let server = try RunningClassServer(ports: 20160...20169, grace: .milliseconds(200))
+        defer { server.stop() }
+        let (old, first) = try handClaim(server, name: "ivan", token: "I")
+        let (new, second) = try handClaim(server, name: "ivan", token: "I")  // before the old one ends
+        defer { new.close() }
+        #expect(first == second && first?.hasPrefix("claimed ivan ") == true)
+        old.close()
+        #expect(server.events.wait(for: 1) { if case .tunnel("ivan", .controlClosed) = $0 { true } else { false } })
+        // The new connection has claimed but not registered yet: the name must stay its own.
+        #expect(!server.events.wait(for: 1, timeout: .milliseconds(600)) { if case .closed = $0 { true } else { false } },
+                "no expiry while a connection of the holder's is open")
+        let (stranger, refused) = try handClaim(server, name: "ivan", token: "J")
+        stranger.close()
+        #expect(refused?.hasPrefix("closing the name ivan is held by another client, connected now") == true)
+    }
+
+    @Test("a stranger's idle connections fill the strangers' room, not the class's", .enabled(if: secondLoopbackAddressWorks))
+    func strangersCannotLockTheClassOut() throws {
+        var limits = ServerLimits()
+        limits.maxPendingPerAddress = 4
+        let server = try RunningClassServer(ports: 20170...20179, secret: "class-secret-0123456789", limits: limits)
+        defer { server.stop() }
+        let (first, answer) = try handClaim(server, name: "judy", token: "J", secret: "class-secret-0123456789")
+        first.close()
+        #expect(answer?.hasPrefix("claimed judy ") == true, "127.0.0.1 gave the right secret: the class's address")
+        let idle = try (0..<4).map { _ in try Connection.connect(to: server.control, from: secondLoopbackAddress) }
+        defer { for connection in idle { connection.close() } }
+        let deadline = ContinuousClock.now + testDeadline
+        while server.server.strangersWaiting < 4 && ContinuousClock.now < deadline { sched_yield() }  // counted in their threads
+        #expect(server.server.strangersWaiting == 4)
+        let fifth = try Connection.connect(to: server.control, from: secondLoopbackAddress)
+        defer { fifth.close() }
+        #expect(try fifth.readToEnd().isEmpty, "the stranger's room is full: closed at once")
+        let (student, granted) = try handClaim(server, name: "karl", token: "K", secret: "class-secret-0123456789")
+        student.close()
+        #expect(granted?.hasPrefix("claimed karl ") == true, "the class still gets in")
     }
 
     @Test("--remote-port: a free port of the range is granted; another tunnel's, or one outside the range, is refused")
@@ -299,6 +339,8 @@ struct ClassTests {
         #expect(try parse([]) == nil)
         #expect(try parse(["--ports", "61000-61009"])?.ports == 61000...61009)
         #expect(try parse(["--ports", "61000-61009"])?.maxUsersByDefault == 100)
+        #expect(try parse(["--ports", "61000-61009"])?.maxUsersPerAddressByDefault == 25)
+        #expect(try parse(["--ports", "61000-61009", "--max-users-per-address", "5"])?.maxUsersPerAddressByDefault == nil)
         #expect(try parse(["--ports", "61000-61009", "--max-users", "5"])?.maxUsersByDefault == nil)
         for bad in [["--ports", "61009-61000"], ["--ports", "0-10"], ["--ports", "61000"], ["--ports", "a-b"], ["--one-port"],
                     ["--ports", "61000-61009", "--public-port", "61000"]] {

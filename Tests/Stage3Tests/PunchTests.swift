@@ -213,6 +213,21 @@ struct PunchTests {
                 == .waiting(new: true), "quiet for the expiry: the name is free again, for anyone")
     }
 
+    @Test("one address holds only a few names: it cannot fill the book for everyone")
+    func namesPerAddress() {
+        var limits = RendezvousLimits()
+        limits.maxNamesPerAddress = 2
+        var book = RendezvousBook(limits: limits)
+        let now = ContinuousClock.now
+        for (port, name) in [(1, "a"), (2, "b"), (3, "c")] {
+            let outcome = book.register(name, peer: "z", mapping: .endpointIndependent,
+                                        seen: Endpoint(host: "192.0.2.9", port: UInt16(port)), now: now)
+            #expect(outcome == (name == "c" ? .full : .waiting(new: true)), "\(name)")
+        }
+        #expect(book.register("d", peer: "z", mapping: .endpointIndependent, seen: Endpoint(host: "192.0.2.10", port: 1),
+                              now: now) == .waiting(new: true), "another address still gets in")
+    }
+
     @Test("a full book answers no new name, and keeps the ones it holds")
     func fullBook() {
         var limits = RendezvousLimits()

@@ -40,7 +40,8 @@ struct RendezvousBook {
                            now: ContinuousClock.Instant) -> Outcome {
         forgetQuiet(now: now)
         if let held = entries[name], held.seen != seen { return .taken }
-        if entries[name] == nil && entries.count >= limits.maxNames { return .full }
+        let crowded = entries.values.count { addressKey($0.seen.host) == addressKey(seen.host) } >= limits.maxNamesPerAddress
+        if entries[name] == nil && (entries.count >= limits.maxNames || crowded) { return .full }
         let new = entries[name].map { $0.peer != peer || $0.mapping != mapping } ?? true
         entries[name] = Entry(peer: peer, seen: seen, mapping: mapping, lastHeard: now)
         guard let other = entries[peer], other.peer == name else { return .waiting(new: new) }
@@ -115,7 +116,8 @@ public final class Rendezvous: Sendable {
             case let .paired(other, otherMapping):
                 events(.registered(name: name, peer: peer, seen: from, mapping: mapping))
                 answer(.peer(name: peer, at: other, mapping: otherMapping), to: from, on: socket)
-                answer(.peer(name: name, at: from, mapping: mapping), to: other, on: socket)
+                // Paid from the other's budget too: no one registers its way into sending a flood there.
+                if rate.take(addressKey(other.host)) { answer(.peer(name: name, at: from, mapping: mapping), to: other, on: socket) }
                 events(.paired(name, from, peer, other))
             case .taken:
                 answer(.taken(name), to: from, on: socket)

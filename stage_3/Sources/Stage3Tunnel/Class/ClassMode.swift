@@ -12,8 +12,11 @@ public struct ClassFlags: Sendable {
     public var grace: Duration = .seconds(60)
     public var onePort = false
     /// Without `--max-users`, a tunnel takes 100 users at once, not 1000: a class of 64 then fits
-    /// in 20,000 descriptors.
+    /// in 20,000 descriptors. Without `--max-users-per-address`, 25 of them from one address, so
+    /// that one address cannot fill a student's tunnel (and a whole class behind one NAT, as
+    /// users, still has room).
     public var maxUsersByDefault: Int?
+    public var maxUsersPerAddressByDefault: Int?
 
     public static let usage = """
         class mode, one server for a whole class (stage_3/workshop/README.md):
@@ -26,8 +29,8 @@ public struct ClassFlags: Sendable {
           --one-port                take proxy connections on the control port too, told apart by
                                     their first line, so a firewall need let only one port out;
                                     clients then give the same --control-port and --proxy-port
-          in class mode, --max-users and the other user limits count per tunnel, and --max-users
-          defaults to 100
+          in class mode, --max-users and the other user limits count per tunnel, --max-users
+          defaults to 100 and --max-users-per-address to 25
         """
 
     /// Nil without `--ports`.
@@ -37,6 +40,7 @@ public struct ClassFlags: Sendable {
         let grace = try arguments.duration("--grace", default: .seconds(60))
         let onePort = arguments.flag("--one-port")
         let usersGiven = arguments.has("--max-users")
+        let usersPerAddressGiven = arguments.has("--max-users-per-address")
         guard let range else {
             guard !onePort else { throw UsageError("--one-port is for class mode: add --ports LOW-HIGH (one port is a range too: --ports 60624-60624)") }
             return nil
@@ -53,6 +57,7 @@ public struct ClassFlags: Sendable {
         flags.grace = grace
         flags.onePort = onePort
         flags.maxUsersByDefault = usersGiven ? nil : 100
+        flags.maxUsersPerAddressByDefault = usersPerAddressGiven ? nil : 25
         return flags
     }
 }
@@ -62,6 +67,7 @@ public func runClassMode(_ tool: Tool, _ classFlags: ClassFlags, flags: ServerFl
                          inspect: Endpoint?) -> Never {
     var flags = flags
     if let users = classFlags.maxUsersByDefault { flags.limits.maxUsers = users }
+    if let users = classFlags.maxUsersPerAddressByDefault { flags.limits.maxUsersPerAddress = users }
     let ports = [flags.controlPort] + (classFlags.onePort ? [] : [flags.proxyPort])
     if let clash = ports.first(where: { classFlags.ports.contains($0) }) {
         tool.fail("--ports \(classFlags.ports.lowerBound)-\(classFlags.ports.upperBound) holds port \(clash), which the server listens on for clients: choose a range without it")

@@ -41,11 +41,15 @@ public final class ClassServer: Sendable {
     private let guesses: GuessLimit
     private let tunnels = Locked<[String: ClassTunnel]>([:])
     /// Connections that have not yet said who they are, before a tunnel counts them: control
-    /// connections until they are handed over; proxy connections until they name a user, counted
-    /// apart for the addresses clients claimed from, which send one per user in bursts.
+    /// connections until they are handed over, proxy connections until they name a user. Counted
+    /// in two rooms, as stage 2 counts its client's address apart: the class's room, for the
+    /// addresses that have given the right secret or hold a tunnel (a venue's NAT is one such
+    /// address for a whole class: its room is sized for a class connecting at once), and the
+    /// strangers' room, with stage 2's limits per address. Strangers cannot fill the class's room.
     private let pendingControl: ConnectionBudget
     private let pendingProxies: ConnectionBudget
-    private let clientProxies: ConnectionBudget
+    private let classControl: ConnectionBudget
+    private let classProxies: ConnectionBudget
     private let controlConnections = OpenConnections()  // ended when the server stops
 
     public init(_ settings: Settings, secret: SharedSecret, guesses: GuessLimit = GuessLimit(),
@@ -55,16 +59,19 @@ public final class ClassServer: Sendable {
         self.guesses = guesses
         self.events = events
         let limits = settings.tunnel.limits
-        // A class behind one NAT: the whole class may be connecting at once from one address.
-        let perAddress = max(limits.maxPendingPerAddress, min(limits.maxPending, 2 * settings.maxTunnels))
-        pendingControl = ConnectionBudget("control connections not yet handed to a tunnel",
-                                          total: (limits.maxPending, "--max-pending"),
-                                          perAddress: (perAddress, "--max-pending-per-address, or twice --max-tunnels"))
-        pendingProxies = ConnectionBudget("unidentified proxy connections", total: (limits.maxPending, "--max-pending"),
-                                          perAddress: (perAddress, "--max-pending-per-address, or twice --max-tunnels"))
-        let inFlight = (limits.maxUsers + ProxyPool.maxSize, "--max-users, plus the pool")
-        clientProxies = ConnectionBudget("unidentified proxy connections from clients' addresses",
-                                         total: inFlight, perAddress: inFlight)
+        let stranger = (total: (limits.maxPending, "--max-pending"),
+                        perAddress: (limits.maxPendingPerAddress, "--max-pending-per-address"))
+        pendingControl = ConnectionBudget("control connections not yet handed to a tunnel, from strangers",
+                                          total: stranger.total, perAddress: stranger.perAddress)
+        pendingProxies = ConnectionBudget("unidentified proxy connections, from strangers",
+                                          total: stranger.total, perAddress: stranger.perAddress)
+        // The whole class may be connecting at once from one address; and every tunnel's users
+        // may bring a proxy connection each at once.
+        let classSize = (max(limits.maxPending, 2 * settings.maxTunnels), "--max-pending, or twice --max-tunnels")
+        classControl = ConnectionBudget("control connections not yet handed to a tunnel, from the class",
+                                        total: classSize, perAddress: classSize)
+        let inFlight = (settings.maxTunnels * (limits.maxUsers + ProxyPool.maxSize), "--max-tunnels × (--max-users + the pool)")
+        classProxies = ConnectionBudget("unidentified proxy connections, from the class", total: inFlight, perAddress: inFlight)
     }
 
     /// Serves until `stop`: `proxy` nil means `--one-port`. Then closes every tunnel's public
@@ -93,6 +100,9 @@ public final class ClassServer: Sendable {
         controlLoop.value()
     }
 
+    /// Control connections from strangers that have not said who they are yet.
+    public var strangersWaiting: Int { pendingControl.current }
+
     /// Every tunnel, by name, for the class view.
     public var summaries: [TunnelSummary] {
         tunnels.current.values.map(\.summary).sorted { $0.name < $1.name }
@@ -103,7 +113,7 @@ public final class ClassServer: Sendable {
     /// `--one-port`: the first line says what the connection is.
     private func serveFirstLine(_ connection: Connection, stop: StopSignal) {
         let reader = LineReader(connection)
-        guard let line = counted(connection, in: pendingControl, { readFirst(reader) }) else { return }
+        guard let line = counted(connection, in: controlBudget(for: connection), { readFirst(reader) }) else { return }
         if line.starts(with: Array("proxy ".utf8)) {
             serveProxy(connection, reader: reader, firstLine: line)
         } else {
@@ -113,7 +123,7 @@ public final class ClassServer: Sendable {
 
     private func serveControl(_ connection: Connection, stop: StopSignal) {
         let reader = LineReader(connection)
-        guard let line = counted(connection, in: pendingControl, { readFirst(reader) }) else { return }
+        guard let line = counted(connection, in: controlBudget(for: connection), { readFirst(reader) }) else { return }
         serveControl(connection, reader: reader, firstLine: line, stop: stop)
     }
 
@@ -122,7 +132,7 @@ public final class ClassServer: Sendable {
         controlConnections.add(connection)
         defer { controlConnections.remove(connection) }
         if stop.isStopped { return connection.close() }
-        let tunnel: ClassTunnel? = counted(connection, in: pendingControl) { () -> ClassTunnel? in
+        let tunnel: ClassTunnel? = counted(connection, in: controlBudget(for: connection)) { () -> ClassTunnel? in
             let verdict = guesses.check(firstLine, from: connection.peer.host, against: secret)
             guard verdict == .admitted else { return refuse(connection, verdict, name: nil) }
             switch readClaim(reader, timeout: settings.tunnel.proxyTimeout) {
@@ -147,12 +157,16 @@ public final class ClassServer: Sendable {
                 guard constantTimeEquals(Array(held.token.utf8), Array(claim.token.utf8)) else {
                     return .failure(ClaimRefusal(heldMessage(claim.name, gone: held.goneFor)))
                 }
+                held.clientCame()  // under the table's lock, so that no expiry can slip in before it
                 return .success((held, false))
             }
             guard tunnels.count < settings.maxTunnels else {
                 return .failure(ClaimRefusal("the server is full: \(settings.maxTunnels) tunnels at most (--max-tunnels)"))
             }
-            return open(claim, from: connection, among: &tunnels).map { ($0, true) }
+            return open(claim, from: connection, among: &tunnels).map { tunnel in
+                tunnel.clientCame()
+                return (tunnel, true)
+            }
         }
         switch found {
         case .failure(let refusal):
@@ -163,10 +177,10 @@ public final class ClassServer: Sendable {
                                      deadline: .now + settings.tunnel.proxyTimeout)
             } catch {
                 events(.door(.controlClosed(client: connection.peer, reason: "\(error)", releasedUsers: 0, resetUsers: 0)))
-                if new { scheduleExpiry(of: tunnel) }
+                tunnel.clientLeft()
+                scheduleExpiry(of: tunnel)
                 return nil
             }
-            tunnel.clientCame()
             events(new ? .opened(name: claim.name, public: tunnel.publicListener.endpoint, client: connection.peer)
                        : .reclaimed(name: claim.name, public: tunnel.publicListener.endpoint, client: connection.peer))
             return tunnel
@@ -229,9 +243,9 @@ public final class ClassServer: Sendable {
     /// Once `tunnel`'s client has been gone for the grace period, frees its name and port.
     private func scheduleExpiry(of tunnel: ClassTunnel) {
         DispatchQueue.global().asyncAfter(deadline: .now() + dispatchInterval(settings.grace)) { [self] in
-            guard let gone = tunnel.goneFor, gone >= settings.grace else { return }  // back, or left again later
+            // Under the table's lock, as a claim's `clientCame` is: back (or left again later) keeps it.
             let removed = tunnels.withLock { tunnels in
-                guard tunnels[tunnel.name] === tunnel else { return false }
+                guard tunnels[tunnel.name] === tunnel, let gone = tunnel.goneFor, gone >= settings.grace else { return false }
                 tunnels[tunnel.name] = nil
                 return true
             }
@@ -276,8 +290,17 @@ public final class ClassServer: Sendable {
     }
 
     private func proxyBudget(for proxy: Connection) -> ConnectionBudget {
-        let address = addressKey(proxy.peer.host)
-        return tunnels.current.values.contains { $0.clientAddress == address } ? clientProxies : pendingProxies
+        isClassAddress(proxy.peer.host) ? classProxies : pendingProxies
+    }
+
+    private func controlBudget(for connection: Connection) -> ConnectionBudget {
+        isClassAddress(connection.peer.host) ? classControl : pendingControl
+    }
+
+    /// True for an address that has given the right secret lately, or holds a tunnel.
+    private func isClassAddress(_ host: String) -> Bool {
+        let address = addressKey(host)
+        return guesses.isTrusted(address) || tunnels.current.values.contains { $0.clientAddress == address }
     }
 
     private func reject(_ proxy: Connection, _ reason: String) {

@@ -16,9 +16,10 @@ final class ClassTunnel: Sendable {
     let clientAddress: String
     private let stopSignal: StopSignal
     private let acceptThread: BackgroundThread<Void>
-    /// For the class view: users ever connected, bytes relayed both ways, and since when the
-    /// client has been gone (nil while it is connected).
-    private let counters = Locked((usersTotal: 0, bytes: 0, leftAt: ContinuousClock.Instant?.none))
+    /// For the class view: users ever connected and bytes relayed both ways. For the grace period:
+    /// the control connections handed to this tunnel and not yet ended (its holder's, old and new
+    /// while it reconnects), and since when there have been none. A new tunnel starts with none.
+    private let counters = Locked((usersTotal: 0, bytes: 0, connections: 0, leftAt: ContinuousClock.Instant?.some(.now)))
 
     /// Binds nothing: `publicListener` is bound already. Starts accepting users on it.
     init(name: String, token: String, clientAddress: String, listener: Listener, settings: TunnelServerSettings,
@@ -47,11 +48,25 @@ final class ClassTunnel: Sendable {
         }
     }
 
-    /// The client's control connection ended (or its holder came back): start or stop the grace clock.
-    func clientLeft() { counters.withLock { $0.leftAt = server.hasClient ? nil : .now } }
-    func clientCame() { counters.withLock { $0.leftAt = nil } }
+    /// A control connection of its holder's is handed over (`clientCame`), or has ended
+    /// (`clientLeft`): the grace clock runs only while none is left. Counting connections, not
+    /// asking whether a client is registered: the holder's new connection may end the old one
+    /// after its claim and before its `register`, and must not start the clock.
+    func clientCame() {
+        counters.withLock {
+            $0.connections += 1
+            $0.leftAt = nil
+        }
+    }
 
-    /// How long the client has been gone, or nil while it is connected (or connecting).
+    func clientLeft() {
+        counters.withLock {
+            $0.connections -= 1
+            if $0.connections == 0 { $0.leftAt = .now }
+        }
+    }
+
+    /// How long the tunnel has had no control connection, or nil while it has one.
     var goneFor: Duration? { counters.current.leftAt.map { $0.duration(to: .now) } }
 
     /// Stops accepting users and closes the public port. Users joined already go on.
@@ -62,7 +77,7 @@ final class ClassTunnel: Sendable {
 
     /// One row of the class view.
     var summary: TunnelSummary {
-        let (total, bytes, leftAt) = counters.current
+        let (total, bytes, _, leftAt) = counters.current
         return TunnelSummary(name: name, port: publicListener.endpoint.port,
                              state: server.hasClient ? "online" : (leftAt == nil ? "connecting" : "client gone"),
                              usersNow: server.usersNow, usersTotal: total, bytes: bytes)

@@ -47,7 +47,7 @@ public final class GuessLimit: Sendable {
     /// connection from a proxy connection on one port).
     public func check(_ line: [UInt8], from host: String, against secret: SharedSecret) -> Admission {
         let address = addressKey(host)
-        let isTrusted = trusted.withLock { $0[address].map { $0.duration(to: .now) < .seconds(3600) } ?? false }
+        let isTrusted = isTrusted(address)
         switch guesses.take(address, inAll: !isTrusted) {
         case .key?: return .dropped("too many wrong secrets from \(address); it may try again in a moment")
         case .all?: return .dropped("too many secrets to check from everyone at once; it may try again in a moment")
@@ -58,6 +58,11 @@ public final class GuessLimit: Sendable {
         guesses.giveBack(address, inAll: !isTrusted)
         if verdict == .admitted { trust(address) }
         return verdict
+    }
+
+    /// True if `address` (an `addressKey`) gave the right secret within the last hour.
+    public func isTrusted(_ address: String) -> Bool {
+        trusted.withLock { $0[address].map { $0.duration(to: .now) < .seconds(3600) } ?? false }
     }
 
     private func trust(_ address: String) {

@@ -10,6 +10,11 @@ public final class ClassView: Sendable {
     /// The class's tunnels as they are now (ClassServer's `summaries`).
     private let rows: @Sendable () -> [TunnelSummary]
     private let inspectors = Locked<[String: Inspector]>([:])
+    /// Tunnel pages streaming now, across all tunnels: at most `maxStreams`, so that streams
+    /// (16 a tunnel) never take every connection of the page server, and the class list, which
+    /// the instructor projects, always has room for its requests.
+    private let streams = Locked(0)
+    private let maxStreams = Locked(48)
     /// The inspector that serves the pages; set once, when it starts.
     private let parent = Locked<Inspector?>(nil)
     /// The class server's `listening` event, the start of every tunnel's diagram.
@@ -40,7 +45,11 @@ public final class ClassView: Sendable {
         }
     }
 
-    func attach(to inspector: Inspector) { parent.withLock { $0 = inspector } }
+    /// `inspector` serves the pages, with `connections` at most: the streams leave 16 of them free.
+    func attach(to inspector: Inspector, connections: Int) {
+        parent.withLock { $0 = inspector }
+        maxStreams.withLock { $0 = max(1, connections - 16) }
+    }
 
     func stopAll() {
         for inspector in inspectors.exchange([:]).values { inspector.stop() }
@@ -63,7 +72,22 @@ public final class ClassView: Sendable {
                         return respond(connection, "301 Moved Permanently", type: "text/plain", body: "",
                                        extraHeaders: "Location: /tunnel/\(rest[0])/\r\n", timeout: timeout)
                     }
-                    return inspector.answer(connection, path: "/" + rest[1], requestDone: requestDone)
+                    guard rest[1] == "events" else {
+                        return inspector.answer(connection, path: "/" + rest[1], requestDone: requestDone)
+                    }
+                    let limit = maxStreams.current
+                    let admitted = streams.withLock { count -> Bool in
+                        guard count < limit else { return false }
+                        count += 1
+                        return true
+                    }
+                    guard admitted else {
+                        return respond(connection, "503 Service Unavailable", type: "text/plain; charset=utf-8",
+                                       body: "too many tunnel pages open (\(limit)); the class list at / still works\n",
+                                       timeout: timeout)
+                    }
+                    defer { streams.withLock { $0 -= 1 } }
+                    return inspector.answer(connection, path: "/events", requestDone: requestDone)
                 }
             }
             respond(connection, "404 Not Found", type: "text/plain; charset=utf-8",

@@ -132,7 +132,7 @@ public final class Inspector: @unchecked Sendable {
             threads[0].value()
             throw error
         }
-        classView?.attach(to: self)
+        classView?.attach(to: self, connections: limits.connections)
     }
 
     /// One tunnel's inspector in class mode: no listener of its own; `parent` reads its requests
