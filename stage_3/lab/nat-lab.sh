@@ -495,13 +495,7 @@ cmd_demo() {
     ok "from outside there is no way in"
 
     heading "Check 2: the laptop can reach the server (outbound is allowed)."
-    start_with_secret server "$NS_SERVER" "$BIN/stage3-server" --host "$SERVER_IP"
-    wait_for_log server 'listening' 10 || fail "stage3-server did not start"
-    note "started: TUNNEL_SECRET=… ip netns exec $NS_SERVER stage3-server --host $SERVER_IP"
-    start_with_secret client "$NS_LAPTOP" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP"
-    note "started: TUNNEL_SECRET=… ip netns exec $NS_LAPTOP stage3-client 127.0.0.1:$APP_PORT $SERVER_IP"
-    wait_for_log client '\[1\] registered' 10 || fail "the client did not register with the server"
-    grep -E '\[1\] registered' "$STATE/client.log" | indent
+    start_tunnel "$NS_LAPTOP"
     ok "the client's control connection went out through the router and registered"
 
     heading "Check 3: the router translated it: the server sees the router's address, not the laptop's."
@@ -567,6 +561,19 @@ show_control_flow() {
 # has_control_mapping: true while the router tracks an established control connection.
 has_control_mapping() {
     control_flows | grep -q ESTABLISHED
+}
+
+# start_tunnel LAPTOP_NS: the stage-3 server on the server's machine, and a client on the
+# laptop in LAPTOP_NS for its app on 127.0.0.1:$APP_PORT, both with the lab's secret; waits
+# until the client has registered, and prints that line.
+start_tunnel() {
+    start_with_secret server "$NS_SERVER" "$BIN/stage3-server" --host "$SERVER_IP"
+    wait_for_log server 'listening' 10 || fail "stage3-server did not start"
+    note "started: TUNNEL_SECRET=… ip netns exec $NS_SERVER stage3-server --host $SERVER_IP"
+    start_with_secret client "$1" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP"
+    note "started: TUNNEL_SECRET=… ip netns exec $1 stage3-client 127.0.0.1:$APP_PORT $SERVER_IP"
+    wait_for_log client '\[1\] registered' 10 || fail "the tunnel client on $1 did not register with the server"
+    grep -E '\[1\] registered' "$STATE/client.log" | indent
 }
 
 start_tunnel_server() {
@@ -879,13 +886,7 @@ relay_fallback() {
     start app "$NS_LAPTOP_B" python3 -m http.server "$APP_PORT" --bind 127.0.0.1 --directory "$STATE/www-b"
     wait_for_port "$NS_LAPTOP_B" 127.0.0.1 "$APP_PORT" 10 || fail "laptop B's web app did not start"
     note "laptop B runs a web app on 127.0.0.1:$APP_PORT"
-    start_with_secret server "$NS_SERVER" "$BIN/stage3-server" --host "$SERVER_IP"
-    wait_for_log server 'listening' 10 || fail "stage3-server did not start"
-    note "started: TUNNEL_SECRET=… ip netns exec $NS_SERVER stage3-server --host $SERVER_IP"
-    start_with_secret client "$NS_LAPTOP_B" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP"
-    note "started: TUNNEL_SECRET=… ip netns exec $NS_LAPTOP_B stage3-client 127.0.0.1:$APP_PORT $SERVER_IP"
-    wait_for_log client '\[1\] registered' 10 || fail "laptop B's tunnel client did not register"
-    grep -E '\[1\] registered' "$STATE/client.log" | indent
+    start_tunnel "$NS_LAPTOP_B"
     local page
     page=$(shown "$NS_LAPTOP_A" curl -sS -m 10 "http://$SERVER_IP:$PUBLIC_PORT/") ||
         { printf '%s\n' "$page"; fail "laptop A's curl through the tunnel failed"; }
