@@ -142,7 +142,7 @@ public final class ClassServer: Sendable {
         }
         guard let tunnel else { return connection.close() }
         tunnel.server.serveControl(connection, stop: stop)  // stage 2's, from here on; returns when it ends
-        tunnel.clientLeft()
+        if tunnel.clientLeft() { events(.holderGone(name: tunnel.name, grace: settings.grace)) }
         scheduleExpiry(of: tunnel)
     }
 

@@ -18,6 +18,8 @@ public enum ClassServerEvent: Sendable, CustomStringConvertible {
     case claimRefused(client: Endpoint, name: String, reason: String)
     /// A port of the range could not be bound (another program holds it): the next one is tried.
     case portSkipped(UInt16, error: String)
+    /// The holder's last control connection ended: its name and port wait `grace` for it.
+    case holderGone(name: String, grace: Duration)
     /// The holder did not come back within the grace period: the port and the name are free.
     case closed(name: String, public: Endpoint, reason: String)
 
@@ -30,7 +32,7 @@ public enum ClassServerEvent: Sendable, CustomStringConvertible {
         switch self {
         case .door(let event): event.logSource
         case .tunnel(let name, _): name
-        case .listening, .opened, .reclaimed, .closed, .portSkipped: nil
+        case .listening, .opened, .reclaimed, .closed, .portSkipped, .holderGone: nil
         case .claimRefused(let client, _, _): addressKey(client.host)
         }
     }
@@ -50,6 +52,8 @@ public enum ClassServerEvent: Sendable, CustomStringConvertible {
             "[\(name)] [1] its client is back, from \(client): same public port, \(endpoint.port)"
         case let .claimRefused(client, name, reason):
             "[1] \(client) may not have the name \(name): \(reason)"
+        case let .holderGone(name, grace):
+            "[\(name)] [1] its client is gone: the name and its port wait \(grace) for it to come back"
         case let .portSkipped(port, error):
             "port \(port) of the range is not free (\(error)): skipped, the next one is tried"
         case let .closed(name, endpoint, reason):

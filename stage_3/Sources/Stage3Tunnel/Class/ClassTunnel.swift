@@ -59,10 +59,13 @@ final class ClassTunnel: Sendable {
         }
     }
 
-    func clientLeft() {
+    /// True if that was the last one: the grace clock starts.
+    @discardableResult
+    func clientLeft() -> Bool {
         counters.withLock {
             $0.connections -= 1
             if $0.connections == 0 { $0.leftAt = .now }
+            return $0.connections == 0
         }
     }
 

@@ -40,7 +40,7 @@ public final class ClassView: Sendable {
             inspectors.withLock { $0.removeValue(forKey: name) }?.stop()
         case .tunnel(let name, let event):
             inspectors.current[name]?.record(event)
-        case .door, .reclaimed, .claimRefused, .portSkipped:
+        case .door, .reclaimed, .claimRefused, .portSkipped, .holderGone:
             break
         }
     }
