@@ -32,7 +32,7 @@ public func fuzzDatagrams(_ data: UnsafePointer<UInt8>?, _ count: Int) -> Int32 
         require(RendezvousAnswer(datagram: answer.datagram) == answer, "\(answer) from \(show(input)) does not round-trip")
         switch answer {
         case .peer(let name, _, _), .taken(let name): require(isName(name), "a name \(name.debugDescription) from \(show(input))")
-        case .seen: break
+        case .seen, .full: break
         }
     }
     if let message = PeerMessage(datagram: input) {
