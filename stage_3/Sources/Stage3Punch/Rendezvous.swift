@@ -40,20 +40,20 @@ struct RendezvousBook {
                            now: ContinuousClock.Instant) -> Outcome {
         forgetQuiet(now: now)
         if let held = entries[name], held.seen != seen { return .taken }
-        let crowded = entries.values.count { addressKey($0.seen.host) == addressKey(seen.host) } >= limits.maxNamesPerAddress
-        if entries[name] == nil && (entries.count >= limits.maxNames || crowded) { return .full }
+        if entries[name] == nil {  // a new name: room in the book, and for this address?
+            let address = addressKey(seen.host)
+            let held = entries.values.count { addressKey($0.seen.host) == address }
+            guard entries.count < limits.maxNames && held < limits.maxNamesPerAddress else { return .full }
+        }
         let new = entries[name].map { $0.peer != peer || $0.mapping != mapping } ?? true
         entries[name] = Entry(peer: peer, seen: seen, mapping: mapping, lastHeard: now)
         guard let other = entries[peer], other.peer == name else { return .waiting(new: new) }
         return .paired(other: other.seen, otherMapping: other.mapping)
     }
 
-    /// Forgets every name not heard from for `expiry`; returns them.
-    @discardableResult
-    mutating func forgetQuiet(now: ContinuousClock.Instant) -> [String] {
-        let quiet = entries.filter { $0.value.lastHeard.duration(to: now) >= limits.expiry }.map(\.key)
-        for name in quiet { entries[name] = nil }
-        return quiet
+    /// Forgets every name not heard from for `expiry`.
+    mutating func forgetQuiet(now: ContinuousClock.Instant) {
+        entries = entries.filter { $0.value.lastHeard.duration(to: now) < limits.expiry }
     }
 }
 
