@@ -18,7 +18,7 @@ public struct LineTooLongError: Error, CustomStringConvertible {
 
 /// Bytes received so far, cut into `\n`-terminated lines on demand.
 /// A line comes out the same however the bytes were split into chunks.
-struct LineBuffer {
+package struct LineBuffer {
     /// The longest line accepted, without its `\n`.
     let maxLineLength: Int
     /// Received bytes not yet handed out.
@@ -26,14 +26,14 @@ struct LineBuffer {
     /// How many bytes at the front of `buffered` are known to hold no newline.
     private var searched = 0
 
-    init(maxLineLength: Int) { self.maxLineLength = maxLineLength }
+    package init(maxLineLength: Int) { self.maxLineLength = maxLineLength }
 
-    mutating func append(_ bytes: some Collection<UInt8>) { buffered += bytes }
+    package mutating func append(_ bytes: some Collection<UInt8>) { buffered += bytes }
 
     /// Takes the next whole line out of the buffer, without its `\n` (and without a `\r`
     /// before it, as `nc -C` and telnet send), or returns nil if no whole line has arrived.
     /// Throws as soon as the line being received is over the limit, whole or not.
-    mutating func nextLine() throws(LineTooLongError) -> [UInt8]? {
+    package mutating func nextLine() throws(LineTooLongError) -> [UInt8]? {
         guard let newline = buffered[searched...].firstIndex(of: UInt8(ascii: "\n")) else {
             searched = buffered.count
             // +1: room for the `\r` of a line that is exactly at the limit.
@@ -49,7 +49,7 @@ struct LineBuffer {
     }
 
     /// Hands over the bytes after the last line taken, and forgets them.
-    mutating func takeBuffered() -> [UInt8] {
+    package mutating func takeBuffered() -> [UInt8] {
         defer { buffered = []; searched = 0 }
         return buffered
     }

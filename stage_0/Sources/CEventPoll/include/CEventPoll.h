@@ -1,5 +1,5 @@
 // epoll for Swift on Linux. Glibc's Swift module does not export <sys/epoll.h>, so the event
-// relay (Stage0Pipe/EventRelay.swift) reaches it through these three functions. macOS needs
+// relay (Stage0Pipe/EventRelay.swift) reaches it through these functions. macOS needs
 // none of this: Darwin's module exports kqueue, and EventPoll.swift uses it directly.
 //
 // Why wrappers and not the header alone: `struct epoll_event` is packed on x86-64, and a
@@ -28,5 +28,7 @@ enum {
 int cep_create(void);
 /// Watches `fd` for reading (and urgent data) and writing, edge-triggered (EPOLLET), tagged with `token`.
 int cep_add(int epfd, int fd, uint64_t token);
+/// Stops watching `fd` (`EPOLL_CTL_DEL`), before it is handed to another loop.
+int cep_remove(int epfd, int fd);
 /// `epoll_wait`: fills up to `capacity` (at most 256) events; -1 and errno on failure.
 int cep_wait(int epfd, struct cep_event *events, int capacity, int timeout_ms);

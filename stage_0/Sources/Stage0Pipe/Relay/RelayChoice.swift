@@ -47,6 +47,34 @@ public enum RelayChoice: String, Sendable, CaseIterable {
     }
 }
 
+extension RelayChoice {
+    /// `join`, but returning at once with either relay, for a caller that must not wait: a
+    /// server that joins a user straight from its accept loop (stage 2). With threads, the
+    /// join runs on a thread of its own (its second direction on a second); if none can be
+    /// had, both connections are reset and `then` gets the error, as when the event relay
+    /// cannot start.
+    public func start(
+        _ a: Connection, _ b: Connection, timeouts: JoinTimeouts = .none, endOfBIsClean: (@Sendable () -> Bool)? = nil,
+        track: (any AbortableJoin) -> Void = { _ in },
+        then: @escaping @Sendable (any AbortableJoin, JoinResult) -> Void
+    ) {
+        guard self == .threads else {
+            return join(a, b, timeouts: timeouts, endOfBIsClean: endOfBIsClean, track: track, then: then)
+        }
+        let join = Join(a, b, timeouts: timeouts, endOfBIsClean: endOfBIsClean)
+        track(join)
+        do {
+            try startThread("join \(a) → \(b)") { then(join, join.run()) }
+        } catch {
+            for connection in [a, b] {
+                connection.resetWhenClosed()
+                connection.close()
+            }
+            then(join, JoinResult(forward: 0, backward: 0, error: error))
+        }
+    }
+}
+
 extension Arguments {
     /// `--relay events|threads`.
     public mutating func relay(default fallback: RelayChoice) throws -> RelayChoice {
