@@ -4,9 +4,10 @@
 //                   step 3: the server writes `create_proxy <id>` on the control connection
 //   proxy   :60625  step 4: the client's proxy connection names the id in its first line,
 //                   and is joined to that user (step 5, with stage 0's relay)
-// A thread per connection until it is joined. Later, in rooms: Limits/, Pool/, Log/, Control/, Listeners/.
+// A thread per control connection; none per user: a user waits in a table, and its proxy
+// connection is read and joined from the accept loop. Later, in rooms: Limits/, Pool/, Log/,
+// Control/, Listeners/.
 
-import Dispatch
 import Stage0Pipe
 import Stage1Control
 
@@ -45,7 +46,8 @@ public final class TunnelServer: Sendable {
             listeners.close()
             controlConnections.shutdownAll()
         }
-        // An accept loop per listener, each handing every connection to a thread of its own.
+        // An accept loop per listener: a control connection gets a thread of its own (it lives
+        // as long as its client); users and proxy connections are handed on from the loop.
         try listeners.acceptEach(unless: stop, onError: { self.events(.acceptFailed(on: $0, error: "\($1)")) },
                                  control: { self.serveControl($0, stop: stop) }, users: serveUser, proxies: serveProxy)
     }
@@ -125,8 +127,12 @@ public final class TunnelServer: Sendable {
         if let pooled = takePooledProxy(of: channel, for: user) {  // Pool/
             return joinUser(user, to: pooled, early: [], through: channel, done: release)
         }
-        let entry = WaitingUser(connection: user, askedOver: channel, release: release)
-        let id = waiting.add(entry)
+        // The user waits in the table, not on a thread, until a proxy connection takes it (step 4),
+        // its client's departure releases it, or `proxyTimeout` passes and the table closes it.
+        let id = waiting.add(WaitingUser(connection: user, askedOver: channel, release: release),
+                             for: proxyTimeout) { [events, proxyTimeout] in
+            events(.userTimedOut(user: user.peer, after: proxyTimeout))
+        }
         do {
             try channel.send(.createProxy(id, user: user.peer))
             events(.askedForProxy(user: user.peer, client: channel.connection.peer, id: id))
@@ -135,23 +141,23 @@ public final class TunnelServer: Sendable {
                 failed.connection.close()
                 failed.release()
             }
-            return events(.askFailed(user: user.peer, error: "\(error)"))
-        }
-        // Wait until a proxy connection takes this user, or the client's departure releases it,
-        // or time runs out. Whoever takes the entry out of the table owns the user from then on.
-        _ = entry.left.wait(timeout: .now() + dispatchInterval(proxyTimeout))
-        if let expired = waiting.take(id) {
-            expired.connection.close()
-            expired.release()
-            events(.userTimedOut(user: user.peer, after: proxyTimeout))
+            events(.askFailed(user: user.peer, error: "\(error)"))
         }
     }
 
     // MARK: Steps 4 and 5: a proxy connection names its user, and the two are joined
 
+    /// From the accept loop: the client writes `proxy <id>` as soon as it has connected, so the
+    /// line has usually come already, and is read without waiting. If not, the connection waits
+    /// for it on a thread of its own (Listeners/), so that a slow one holds up no other.
     func serveProxy(_ proxy: Connection) {
         let reader = LineReader(proxy, maxLineLength: 64)
-        guard let id = budgets.counted(proxy, in: budgets.forProxy(proxy), { readID(proxy, reader) }) else { return }
+        let line = Result { try reader.readLine(deadline: .now) }
+        if case .failure(is TimeoutError) = line { return waitForID(proxy, reader) }
+        if let id = proxyID(proxy, line) { pairOrReject(proxy, id: id, reader: reader) }
+    }
+
+    func pairOrReject(_ proxy: Connection, id: ProxyID, reader: LineReader) {
         if !pair(proxy, id: id, reader: reader) {
             reject(proxy, "id \(id.short) is not waiting: never issued, expired, or already used")
         }
@@ -177,9 +183,10 @@ public final class TunnelServer: Sendable {
             done()
             return events(.userFinished(user: user.peer, sent: 0, received: 0, error: "\(error)"))
         }
-        // Stage 0's relay (Relay/RelayChoice.swift). If the client is killed, the user gets a reset,
-        // not a clean end (`endOfBIsClean`); with the event relay, no thread stays per joined user.
-        limits.relay.join(user, proxy, timeouts: limits.joinTimeouts, endOfBIsClean: { channel.isAlive },
+        // Stage 0's relay (Relay/RelayChoice.swift), started without waiting. If the client is killed,
+        // the user gets a reset, not a clean end (`endOfBIsClean`). With the event relay, a joined
+        // user costs no thread; with threads, two.
+        limits.relay.start(user, proxy, timeouts: limits.joinTimeouts, endOfBIsClean: { channel.isAlive },
                           track: { join in
             if !channel.track(join) { join.abort("the client's control connection had ended") }
         }, then: { [events] join, result in
@@ -190,19 +197,16 @@ public final class TunnelServer: Sendable {
         })
     }
 
-    /// A proxy connection's `proxy <id>` line; nil (closed, logged) if none comes in time.
-    private func readID(_ proxy: Connection, _ reader: LineReader) -> ProxyID? {
-        do {
-            let line = try reader.readLine(deadline: .now + proxyTimeout)
-            guard let line, case .proxy(let id) = try? ClientMessage(line: line) else {
-                reject(proxy, line == nil ? "it closed without naming a user" : "its first line was not proxy <id>")
-                return nil
-            }
-            return id
-        } catch is TimeoutError {
-            reject(proxy, "it sent no proxy <id> line within \(proxyTimeout)")
-        } catch {
-            reject(proxy, "\(error)")
+    /// The id in a proxy connection's first line (`line`, as read); nil if there is none (then
+    /// the connection is closed, and the reason logged).
+    func proxyID(_ proxy: Connection, _ line: Result<[UInt8]?, any Error>) -> ProxyID? {
+        switch line {
+        case .success(let line?):
+            if case .proxy(let id)? = try? ClientMessage(line: line) { return id }
+            reject(proxy, "its first line was not proxy <id>")
+        case .success(nil): reject(proxy, "it closed without naming a user")
+        case .failure(is TimeoutError): reject(proxy, "it sent no proxy <id> line within \(proxyTimeout)")
+        case .failure(let error): reject(proxy, "\(error)")
         }
         return nil
     }

@@ -1,6 +1,7 @@
 // Between step 2 and step 4, a user waits: connected to the public port, with nowhere to send its
 // bytes until the client's proxy connection comes. This table holds those users by id; a proxy
-// connection takes its user out of the table, so an id works once.
+// connection takes its user out of the table, so an id works once. No thread waits with a user:
+// a timer takes it out when its time is up, if nobody has.
 
 import Dispatch
 import Stage0Pipe
@@ -9,7 +10,6 @@ import Stage0Pipe
 final class WaitingUser: Sendable {
     let connection: Connection
     let askedOver: ControlChannel  // the client's control connection that was asked for it
-    let left = DispatchSemaphore(value: 0)  // signalled when the user leaves the table
     /// Gives back the user's place in the count (Limits/); called once, by whoever took it out.
     let release: @Sendable () -> Void
 
@@ -24,26 +24,30 @@ final class WaitingUser: Sendable {
 final class WaitingUsers: Sendable {
     private let users = Locked<[ProxyID: WaitingUser]>([:])
 
-    /// Adds a user under a fresh id, and returns the id.
-    func add(_ user: WaitingUser) -> ProxyID {
+    /// Adds a user under a fresh id, and returns the id. If the user is still here after
+    /// `timeout`, it is taken out, closed and released, and `expired` is called.
+    func add(_ user: WaitingUser, for timeout: Duration, expired: @escaping @Sendable () -> Void) -> ProxyID {
         let id = ProxyID.random()
         users.withLock { $0[id] = user }
+        // One Dispatch timer per user (a thread runs only when one fires), not a blocked thread.
+        DispatchQueue.global().asyncAfter(deadline: .now() + dispatchInterval(timeout)) { [self] in
+            guard let late = take(id) else { return }
+            late.connection.close()
+            late.release()
+            expired()
+        }
         return id
     }
 
     /// Removes and returns the user with this id; nil if there is none (never was, or taken).
     func take(_ id: ProxyID) -> WaitingUser? {
-        let user = users.withLock { $0.removeValue(forKey: id) }
-        user?.left.signal()
-        return user
+        users.withLock { $0.removeValue(forKey: id) }
     }
 
     /// Removes every user that was asked for over `control` (its client has gone).
     func takeAll(askedOver control: ControlChannel) -> [WaitingUser] {
-        let gone = users.withLock { users in
+        users.withLock { users in
             users.filter { $0.value.askedOver === control }.keys.compactMap { users.removeValue(forKey: $0) }
         }
-        for user in gone { user.left.signal() }
-        return gone
     }
 }

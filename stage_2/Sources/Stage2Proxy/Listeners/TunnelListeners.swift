@@ -3,6 +3,7 @@
 // cause), and so that tests can bind port 0 and read back the ports the kernel chose.
 
 import Stage0Pipe
+import Stage1Control
 
 /// The server's three listening sockets.
 public struct TunnelListeners: Sendable {
@@ -31,28 +32,50 @@ public struct TunnelListeners: Sendable {
         for listener in [control, `public`, proxy] { listener.close() }
     }
 
-    /// Runs stage 0's accept loop on each listener until `stop`, each loop on a thread of its own
-    /// (the proxy port's on the calling thread), and returns when all three have stopped.
-    /// Throws `ThreadStartError` if the loops cannot all start: a server without all three
-    /// listeners is no server, so the ones started are stopped.
+    /// Runs stage 0's accept loops until `stop`, each on a thread of its own (the proxy port's
+    /// on the calling thread), and returns when all three have stopped. Control connections
+    /// get a thread each; users and proxy connections are handed off from the loop, which
+    /// starts no thread for them (`acceptEach(handingOff:)`). Throws `ThreadStartError` if the
+    /// loops cannot all start: a server without all three listeners is no server, so the ones
+    /// started are stopped.
     func acceptEach(
         unless stop: StopSignal, onError: @escaping @Sendable (Endpoint, any Error) -> Void,
         control: @escaping @Sendable (Connection) -> Void, users: @escaping @Sendable (Connection) -> Void,
-        proxies: @escaping @Sendable (Connection) -> Void
+        proxies: (Connection) -> Void
     ) throws {
         var others: [BackgroundThread<Void>] = []
         do {
-            for (listener, serve) in [(self.control, control), (self.public, users)] {
-                others.append(try BackgroundThread("accept on \(listener.endpoint)") {
-                    listener.acceptEach(unless: stop, onError: { onError(listener.endpoint, $0) }, serve)
-                })
-            }
+            others.append(try BackgroundThread("accept on \(self.control.endpoint)") {
+                self.control.acceptEach(unless: stop, onError: { onError(self.control.endpoint, $0) }, control)
+            })
+            others.append(try BackgroundThread("accept on \(self.public.endpoint)") {
+                self.public.acceptEach(unless: stop, onError: { onError(self.public.endpoint, $0) }, handingOff: users)
+            })
         } catch {
             stop.stop()
             for thread in others { thread.value() }
             throw error
         }
-        proxy.acceptEach(unless: stop, onError: { onError(self.proxy.endpoint, $0) }, proxies)
+        proxy.acceptEach(unless: stop, onError: { onError(self.proxy.endpoint, $0) }, handingOff: proxies)
         for thread in others { thread.value() }
+    }
+}
+
+extension TunnelServer {
+    /// A proxy connection whose `proxy <id>` line had not come when it was accepted: it waits
+    /// for the line on a thread of its own, counted against the pending limits (Limits/), so
+    /// that connections which say nothing cannot pile up without end, nor hold up the others.
+    func waitForID(_ proxy: Connection, _ reader: LineReader) {
+        nonisolated(unsafe) let reader = reader  // handed over: the accept loop never touches it again
+        do {
+            try startThread("proxy connection from \(proxy.peer)") { [self] in
+                let id = budgets.counted(proxy, in: budgets.forProxy(proxy)) {
+                    proxyID(proxy, Result { try reader.readLine(deadline: .now + proxyTimeout) })
+                }
+                if let id { pairOrReject(proxy, id: id, reader: reader) }
+            }
+        } catch {
+            reject(proxy, "\(error)")
+        }
     }
 }

@@ -96,7 +96,7 @@ public final class ClassServer: Sendable {
         let controlLoop = try BackgroundThread("accept on \(control.endpoint)") {
             control.acceptEach(unless: stop, onError: { onError(control.endpoint, $0) }) { self.serveControl($0, stop: stop) }
         }
-        proxy.acceptEach(unless: stop, onError: { onError(proxy.endpoint, $0) }) { self.serveProxy($0) }
+        proxy.acceptEach(unless: stop, onError: { onError(proxy.endpoint, $0) }, handingOff: handOffProxy)
         controlLoop.value()
     }
 
@@ -274,8 +274,25 @@ public final class ClassServer: Sendable {
 
     // MARK: The proxy port
 
-    private func serveProxy(_ proxy: Connection) {
-        let reader = LineReader(proxy, maxLineLength: 64)
+    /// From the accept loop, as in stage 2's server: the `proxy <id>` line has usually come with
+    /// the connection, and then the pairing costs no thread; if not, the connection waits for it
+    /// on a thread of its own, counted (`serveProxy`).
+    private func handOffProxy(_ proxy: Connection) {
+        nonisolated(unsafe) let reader = LineReader(proxy, maxLineLength: 64)  // one owner at a time
+        switch Result(catching: { try reader.readLine(deadline: .now) }) {
+        case .success(let line?): serveProxy(proxy, reader: reader, firstLine: line)
+        case .success(nil): reject(proxy, "it closed without naming a user")
+        case .failure(is TimeoutError):
+            do {
+                try startThread("proxy connection from \(proxy.peer)") { self.serveProxy(proxy, reader: reader) }
+            } catch {
+                reject(proxy, "\(error)")
+            }
+        case .failure(let error): reject(proxy, "\(error)")
+        }
+    }
+
+    private func serveProxy(_ proxy: Connection, reader: LineReader) {
         guard let line = counted(proxy, in: proxyBudget(for: proxy), { readFirst(reader) }) else { return }
         serveProxy(proxy, reader: reader, firstLine: line)
     }

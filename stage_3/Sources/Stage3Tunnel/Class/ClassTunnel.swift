@@ -43,7 +43,7 @@ final class ClassTunnel: Sendable {
         let (stop, server) = (stopSignal, server)
         acceptThread = try BackgroundThread("accept users of \(name) on \(listener.endpoint)") {
             listener.acceptEach(unless: stop, onError: { events(name, .acceptFailed(on: listener.endpoint, error: "\($0)")) },
-                                server.serveUser)
+                                handingOff: server.serveUser)
             listener.close()
         }
     }
