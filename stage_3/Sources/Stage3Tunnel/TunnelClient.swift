@@ -66,6 +66,8 @@ public final class TunnelClient: Sendable {
     /// free. A refill may overtake the `user` line that frees its place, as the server sends both
     /// at once on different connections: it waits here instead of being lost.
     let pool = Locked(PoolPlaces())
+    /// The pool's event loop (Pool/PoolLoop.swift), while it runs.
+    let poolLoop = Locked<PoolLoop?>(nil)
     /// Our `claim` line: the name, the port, and a token made now and kept across reconnects,
     /// so that the server gives the name back to us, and to no one else.
     let claim: Claim
@@ -161,7 +163,7 @@ public final class TunnelClient: Sendable {
         guard countUser(user) else { return }
         do {
             try startThread("user \(user)") {
-                self.serveUser(user, id: id) { self.users.withLock { $0 -= 1 } }
+                self.serveUser(user, id: id, done: self.userLeft)
             }
         } catch {
             users.withLock { $0 -= 1 }
@@ -203,12 +205,22 @@ public final class TunnelClient: Sendable {
         do {
             app = try connect(settings.localApp, timeout: .seconds(5))
         } catch {
-            // Closing the proxy connection closes the user's at once: better than leaving
-            // the user to wait for an answer that cannot come.
-            release(proxy)
-            events(.appUnreachable(user: user, app: settings.localApp, error: "\(error)"))
-            return done()
+            return appUnreachable(proxy, user: user, error: "\(error)", done: done)
         }
+        join(proxy, to: app, user: user, early: early, done: done)
+    }
+
+    /// No app to join the user to: closing the proxy connection closes the user's at once,
+    /// better than leaving the user to wait for an answer that cannot come.
+    func appUnreachable(_ proxy: Connection, user: Endpoint, error: String, done: @Sendable () -> Void) {
+        release(proxy)
+        events(.appUnreachable(user: user, app: settings.localApp, error: error))
+        done()
+    }
+
+    /// Step 5: `early` to the app first, then the relay, started without waiting for the user to leave.
+    func join(_ proxy: Connection, to app: Connection, user: Endpoint, early: [UInt8],
+              done: @escaping @Sendable () -> Void) {
         events(.appConnected(user: user, app: settings.localApp))
         do {
             try app.write(early)
@@ -218,8 +230,7 @@ public final class TunnelClient: Sendable {
             events(.userFinished(user: user, sent: 0, received: 0, error: "\(error)"))
             return done()
         }
-        // With the event relay this returns at once and the thread ends: no thread per joined user.
-        settings.relay.join(proxy, app, timeouts: settings.joinTimeouts, track: { _ in }) { _, result in
+        settings.relay.start(proxy, app, timeouts: settings.joinTimeouts) { _, result in
             self.release(proxy)
             self.release(app)
             self.events(.userFinished(user: user, sent: early.count + result.forward, received: result.backward,
@@ -230,9 +241,14 @@ public final class TunnelClient: Sendable {
 
     func connect(_ endpoint: Endpoint, timeout: Duration = .seconds(10)) throws -> Connection {
         let connection = try Connection.connect(to: endpoint, timeout: timeout)
+        track(connection)
+        return connection
+    }
+
+    /// Counts `connection` among those `stop()` ends.
+    func track(_ connection: Connection) {
         open.add(connection)
         if stopSignal.isStopped { connection.shutdownBoth() }  // stop() ran while we connected
-        return connection
     }
 
     func release(_ connection: Connection) {

@@ -14,4 +14,9 @@ extension TunnelClient {
         if !room { events(.userTurnedDown(user: user, reason: "already \(settings.maxUsers) users (--max-users)")) }
         return room
     }
+
+    /// One user fewer (given to `join` as its `done`).
+    var userLeft: @Sendable () -> Void {
+        { [users] in users.withLock { $0 -= 1 } }
+    }
 }

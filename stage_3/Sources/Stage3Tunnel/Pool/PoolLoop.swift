@@ -1,0 +1,214 @@
+// The client's pool (TunnelClient+Pool.swift) without a thread per connection. One thread waits
+// in epoll/kqueue (stage 0's EventPoll, as the event relay does) on every pooled proxy
+// connection, and carries each through three steps, none of which may block it:
+//   connecting  to the server's proxy port (stage 0's `Connecting`), then `proxy <id>`;
+//   parked      until the server writes `user <address>` on it (its steps 2 and 3);
+//   dialing     the local app, also without waiting; then both go to the relay, with the
+//               bytes that came after the `user` line, and the loop forgets them.
+// Each step has a deadline, looked at whenever the loop wakes (at least once a second).
+// Rejected: a thread per pooled connection, as it began (a thread started per user, since
+// each user takes one and its refill opens the next), and a few worker threads making
+// blocking dials (a hand-off between threads per user, and a hung app would hold them all).
+
+import Stage0Pipe
+import Stage1Control
+import Stage2Proxy
+
+/// The pool's event loop: one per client, started with the first `fill_pool`, ended by `stop()`.
+final class PoolLoop: @unchecked Sendable {
+    // @unchecked: `entries` is under its lock, epoll/kqueue registration is safe from any thread,
+    // and every `PooledProxy` is touched by the loop thread alone once it is in `entries`.
+    private let poll: EventPoll
+    private let entries = Locked<(next: UInt64, byToken: [UInt64: PooledProxy])>((1, [:]))
+    /// Held until the loop ends (at `stop()`), when the client lets go of the loop too.
+    private let client: TunnelClient
+    private static let stopToken: UInt64 = 0
+
+    /// Starts the loop's thread. Throws if its epoll/kqueue or thread cannot be had.
+    init(client: TunnelClient) throws {
+        self.client = client
+        poll = try EventPoll()
+        try poll.add(client.stopSignal.readFD, token: PoolLoop.stopToken)
+        try startThread("proxy pool") { self.run() }
+    }
+
+    /// Step 4 ahead of time: begins connecting the pooled proxy connection `id` (from any thread).
+    func open(_ id: ProxyID) throws {
+        let connecting = try Connecting.start(to: client.settings.proxy)
+        let pooled = PooledProxy(id: id, step: .connecting(connecting), deadline: .now + .seconds(10))
+        let token = entries.withLock { entries in
+            defer { entries.next += 1 }
+            entries.byToken[entries.next] = pooled
+            return entries.next
+        }
+        do {
+            try watch(connecting.fd, token: token, app: false)
+        } catch {
+            forget(token)
+            connecting.abandon()
+            throw error
+        }
+    }
+
+    // MARK: The loop thread
+
+    private func run() {
+        while !client.stopSignal.isStopped {
+            let count = (try? poll.wait(milliseconds: 1000)) ?? 0
+            for index in 0..<count {
+                let event = poll.event(index)
+                guard event.token != PoolLoop.stopToken else { continue }  // the `while` sees it
+                let token = event.token >> 1
+                guard let pooled = entries.withLock({ $0.byToken[token] }) else { continue }  // left already
+                advance(pooled, token: token, appSide: event.token & 1 == 1)
+            }
+            let now = ContinuousClock.now
+            for (token, pooled) in entries.current.byToken where pooled.deadline <= now {
+                end(pooled, token: token, because: pooled.step.tooLong)
+            }
+        }
+        for (token, pooled) in entries.current.byToken { end(pooled, token: token, because: "the client stopped") }
+        client.poolLoop.withLock { $0 = nil }
+    }
+
+    /// Takes `pooled` one step on, as far as its sockets allow now.
+    private func advance(_ pooled: PooledProxy, token: UInt64, appSide: Bool) {
+        switch pooled.step {
+        case .connecting(let connecting):
+            do {
+                let proxy = try connecting.finish()
+                client.track(proxy)
+                try proxy.write(ClientMessage.proxy(pooled.id).encoded)  // a fresh socket has room for a line
+                pooled.step = .parked(proxy, LineBuffer(maxLineLength: 64))
+                // The server replaces a pooled connection that waits past its age; one that still
+                // waits twice that long has a server that has gone without a word.
+                pooled.deadline = .now + ServerLimits().poolMaxAge * 2
+                readUserLine(pooled, token: token)  // in case it came with the connect's wake-up
+            } catch {
+                retry(pooled, token: token, connecting: connecting, app: false, error: error)
+            }
+        case .parked:
+            readUserLine(pooled, token: token)
+        case let .dialing(proxy, user, early, connecting):
+            guard appSide else { return }  // the user's bytes wait in the proxy's socket meanwhile
+            do {
+                let app = try connecting.finish()
+                client.track(app)
+                forget(token)
+                client.join(proxy, to: app, user: user, early: early, done: client.userLeft)
+            } catch {
+                retry(pooled, token: token, connecting: connecting, app: true, error: error)
+            }
+        }
+    }
+
+    /// Parked: reads what has come (never waiting); at `user <address>`, the pool's place is
+    /// free again, and the app is dialled.
+    private func readUserLine(_ pooled: PooledProxy, token: UInt64) {
+        guard case .parked(let proxy, var lines) = pooled.step else { return }
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        let count = chunk.withUnsafeMutableBytes { recv(proxy.fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+        if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { return }
+        guard count > 0 else { return end(pooled, token: token, because: "the server closed it unused") }
+        lines.append(chunk[..<count])
+        pooled.step = .parked(proxy, lines)
+        guard let line = try? lines.nextLine() else {
+            // No whole line yet (its rest will wake us), or a line too long: a line is 64 bytes at most.
+            if count == chunk.count { end(pooled, token: token, because: "its first line was too long") }
+            return
+        }
+        guard case .user(let user)? = try? ServerMessage(line: line) else {
+            return end(pooled, token: token, because: "its first line was not user <address>")
+        }
+        client.leavePool()
+        client.events(.pooledUserArrived(user: user, local: proxy.local))
+        // The proxy connection goes to the relay's own loop: it must leave ours first.
+        try? poll.remove(proxy.fd)
+        guard client.countUser(user) else {
+            forget(token)
+            proxy.resetWhenClosed()  // the user learns it was turned down, not served
+            return client.release(proxy)
+        }
+        do {
+            let connecting = try Connecting.start(to: client.settings.localApp)
+            pooled.step = .dialing(proxy: proxy, user: user, early: lines.takeBuffered(), app: connecting)
+            pooled.deadline = .now + .seconds(5)
+            try watch(connecting.fd, token: token, app: true)
+        } catch {
+            forget(token)
+            client.appUnreachable(proxy, user: user, error: "\(error)", done: client.userLeft)
+        }
+    }
+
+    /// A connect failed: tries the endpoint's next address, if it has one; else gives up.
+    private func retry(_ pooled: PooledProxy, token: UInt64, connecting: Connecting, app: Bool, error: any Error) {
+        do {
+            if let next = try connecting.next() {
+                pooled.step = pooled.step.with(next)
+                return try watch(next.fd, token: token, app: app)
+            }
+        } catch {}
+        end(pooled, token: token, because: "\(error)")
+    }
+
+    /// `pooled` leaves the loop, unused: whatever it holds is closed, and its place (or its
+    /// user) freed.
+    private func end(_ pooled: PooledProxy, token: UInt64, because reason: String) {
+        forget(token)
+        switch pooled.step {
+        case .connecting(let connecting):
+            connecting.abandon()
+            client.events(.serverError("cannot keep a pooled proxy connection: \(reason)"))
+            client.leavePool()
+        case .parked(let proxy, _):
+            client.release(proxy)
+            client.leavePool()
+        case let .dialing(proxy, user, _, connecting):
+            connecting.abandon()
+            client.appUnreachable(proxy, user: user, error: reason, done: client.userLeft)
+        }
+    }
+
+    private func forget(_ token: UInt64) {
+        _ = entries.withLock { $0.byToken.removeValue(forKey: token) }
+    }
+
+    /// Each entry's token, shifted left one bit; the app's socket has the low bit set.
+    private func watch(_ fd: Int32, token: UInt64, app: Bool) throws {
+        try poll.add(fd, token: token << 1 | (app ? 1 : 0))
+    }
+}
+
+/// One pooled proxy connection on its way from `fill_pool` to the relay.
+private final class PooledProxy: @unchecked Sendable {  // the loop thread's alone
+    enum Step {
+        case connecting(Connecting)
+        case parked(Connection, LineBuffer)
+        case dialing(proxy: Connection, user: Endpoint, early: [UInt8], app: Connecting)
+
+        /// Why a step that passed its deadline ended.
+        var tooLong: String {
+            switch self {
+            case .connecting: "no connection to the server's proxy port within 10 s"
+            case .parked: "no user came, and the server did not close it"
+            case .dialing: "the app did not accept the connection within 5 s"
+            }
+        }
+
+        /// The same step, connecting to the next address instead.
+        func with(_ next: Connecting) -> Step {
+            if case let .dialing(proxy, user, early, _) = self { return .dialing(proxy: proxy, user: user, early: early, app: next) }
+            return .connecting(next)
+        }
+    }
+
+    let id: ProxyID
+    var step: Step
+    var deadline: ContinuousClock.Instant
+
+    init(id: ProxyID, step: Step, deadline: ContinuousClock.Instant) {
+        self.id = id
+        self.step = step
+        self.deadline = deadline
+    }
+}
