@@ -144,7 +144,7 @@ public final class TunnelClient: Sendable {
                 openPooledProxy(id)
             case let .createProxy(id, user):
                 events(.userArrived(user: user, id: id))
-                serveUserOnItsThread(user, id: id)
+                if settings.pool > 0 { serveUserInPoolLoop(user, id: id) } else { serveUserOnItsThread(user, id: id) }  // Pool/
             case .error(let reason): events(.serverError(reason))
             case .closing(let reason): throw ClosedByServer(reason: reason)
             case .user: events(.serverError("`user` belongs on a pooled proxy connection, not the control connection"))

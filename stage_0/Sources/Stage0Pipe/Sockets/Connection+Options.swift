@@ -71,3 +71,12 @@ extension Connection {
         return recv(fd, &byte, 1, Int32(MSG_PEEK) | dontWait) == 0
     }
 }
+
+extension Listener {
+    /// For a port whose clients speak first: accept connections once their first bytes have
+    /// come, where the system can (Linux; on macOS nothing changes). Never for a port whose
+    /// clients may wait for the server to speak first, as SSH's do.
+    public func acceptOnceDataHasCome() {
+        deferAcceptUntilData(fd)
+    }
+}

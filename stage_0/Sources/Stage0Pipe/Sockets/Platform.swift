@@ -28,6 +28,13 @@
     }
     /// `accept(2)`; named here for the same reason as `close`.
     func systemAccept(_ fd: Int32) -> Int32 { Glibc.accept(fd, nil, nil) }
+    /// Linux: `accept(2)` returns a connection on this listener only once its first bytes have
+    /// come (TCP_DEFER_ACCEPT; or after about a second without), so a server that reads a first
+    /// line at once usually finds it there.
+    func deferAcceptUntilData(_ fd: Int32) {
+        var seconds: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_DEFER_ACCEPT, &seconds, socklen_t(MemoryLayout<Int32>.size))
+    }
     /// The directory that lists this process's open file descriptors.
     public let openDescriptorsDirectory = "/proc/self/fd"
     /// Once a Dispatch signal source is registered, stops the signal's default action (ending
@@ -73,6 +80,9 @@
     }
     /// `accept(2)`; named here for the same reason as `close`.
     func systemAccept(_ fd: Int32) -> Int32 { Darwin.accept(fd, nil, nil) }
+    /// macOS has no such option: every connection is accepted at once, and one whose first
+    /// line has not come yet is waited for the slower way.
+    func deferAcceptUntilData(_ fd: Int32) {}
     public let openDescriptorsDirectory = "/dev/fd"
     /// macOS's kqueue sees a signal even when it is ignored, and does not stop its default action.
     func leaveSignalToDispatch(_ number: Int32) { _ = signal(number, SIG_IGN) }

@@ -56,6 +56,7 @@ public struct TunnelListeners: Sendable {
             for thread in others { thread.value() }
             throw error
         }
+        proxy.acceptOnceDataHasCome()  // the `proxy <id>` line, so that `serveProxy` finds it there
         proxy.acceptEach(unless: stop, onError: { onError(self.proxy.endpoint, $0) }, handingOff: proxies)
         for thread in others { thread.value() }
     }

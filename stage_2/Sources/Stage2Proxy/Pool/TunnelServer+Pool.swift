@@ -31,7 +31,9 @@ extension TunnelServer {
             defer { for id in refill { try? channel.send(.fillPool(id)) } }
             guard let pooled else { return nil }
             do {
-                try pooled.write(ServerMessage.user(user.peer).encoded, deadline: .now + proxyTimeout)
+                // No deadline needed: nothing was ever written to a parked connection, so its
+                // send buffer is empty and takes a short line at once.
+                try pooled.write(ServerMessage.user(user.peer).encoded)
                 events(.pooledProxy(user: user.peer, proxy: pooled.peer))
                 return pooled
             } catch {

@@ -96,6 +96,7 @@ public final class ClassServer: Sendable {
         let controlLoop = try BackgroundThread("accept on \(control.endpoint)") {
             control.acceptEach(unless: stop, onError: { onError(control.endpoint, $0) }) { self.serveControl($0, stop: stop) }
         }
+        proxy.acceptOnceDataHasCome()
         proxy.acceptEach(unless: stop, onError: { onError(proxy.endpoint, $0) }, handingOff: handOffProxy)
         controlLoop.value()
     }

@@ -5,6 +5,8 @@
 //   parked      until the server writes `user <address>` on it (its steps 2 and 3);
 //   dialing     the local app, also without waiting; then both go to the relay, with the
 //               bytes that came after the `user` line, and the loop forgets them.
+// With the pool on, a `create_proxy` (a user who found the pool empty: a burst) takes the same
+// road without parking: connecting, then dialing, so that a burst starts no thread either.
 // Each step has a deadline, looked at whenever the loop wakes (at least once a second).
 // Rejected: a thread per pooled connection, as it began (a thread started per user, since
 // each user takes one and its refill opens the next), and a few worker threads making
@@ -32,10 +34,11 @@ final class PoolLoop: @unchecked Sendable {
         try startThread("proxy pool") { self.run() }
     }
 
-    /// Step 4 ahead of time: begins connecting the pooled proxy connection `id` (from any thread).
-    func open(_ id: ProxyID) throws {
+    /// Step 4 ahead of time: begins connecting the pooled proxy connection `id` (from any
+    /// thread); or, for `create_proxy`, the proxy connection for `user`, counted already.
+    func open(_ id: ProxyID, for user: Endpoint? = nil) throws {
         let connecting = try Connecting.start(to: client.settings.proxy)
-        let pooled = PooledProxy(id: id, step: .connecting(connecting), deadline: .now + .seconds(10))
+        let pooled = PooledProxy(id: id, user: user, step: .connecting(connecting), deadline: .now + .seconds(10))
         let token = entries.withLock { entries in
             defer { entries.next += 1 }
             entries.byToken[entries.next] = pooled
@@ -79,6 +82,10 @@ final class PoolLoop: @unchecked Sendable {
                 let proxy = try connecting.finish()
                 client.track(proxy)
                 try proxy.write(ClientMessage.proxy(pooled.id).encoded)  // a fresh socket has room for a line
+                if let user = pooled.user {  // create_proxy: the user is waiting already
+                    client.events(.proxyOpened(user: user, local: proxy.local))
+                    return dial(proxy, for: user, early: [], pooled, token: token)
+                }
                 pooled.step = .parked(proxy, LineBuffer(maxLineLength: 64))
                 // The server replaces a pooled connection that waits past its age; one that still
                 // waits twice that long has a server that has gone without a word.
@@ -129,9 +136,14 @@ final class PoolLoop: @unchecked Sendable {
             proxy.resetWhenClosed()  // the user learns it was turned down, not served
             return client.release(proxy)
         }
+        dial(proxy, for: user, early: lines.takeBuffered(), pooled, token: token)
+    }
+
+    /// Begins the private connection to the app for `user`, who came on `proxy`.
+    private func dial(_ proxy: Connection, for user: Endpoint, early: [UInt8], _ pooled: PooledProxy, token: UInt64) {
         do {
             let connecting = try Connecting.start(to: client.settings.localApp)
-            pooled.step = .dialing(proxy: proxy, user: user, early: lines.takeBuffered(), app: connecting)
+            pooled.step = .dialing(proxy: proxy, user: user, early: early, app: connecting)
             pooled.deadline = .now + .seconds(5)
             try watch(connecting.fd, token: token, app: true)
         } catch {
@@ -158,6 +170,10 @@ final class PoolLoop: @unchecked Sendable {
         switch pooled.step {
         case .connecting(let connecting):
             connecting.abandon()
+            if let user = pooled.user {
+                client.events(.proxyFailed(user: user, error: reason))
+                return client.userLeft()
+            }
             client.events(.serverError("cannot keep a pooled proxy connection: \(reason)"))
             client.leavePool()
         case .parked(let proxy, _):
@@ -203,11 +219,14 @@ private final class PooledProxy: @unchecked Sendable {  // the loop thread's alo
     }
 
     let id: ProxyID
+    /// The user a `create_proxy` named; nil for a pooled connection (its user comes later).
+    let user: Endpoint?
     var step: Step
     var deadline: ContinuousClock.Instant
 
-    init(id: ProxyID, step: Step, deadline: ContinuousClock.Instant) {
+    init(id: ProxyID, user: Endpoint?, step: Step, deadline: ContinuousClock.Instant) {
         self.id = id
+        self.user = user
         self.step = step
         self.deadline = deadline
     }

@@ -29,19 +29,35 @@ extension TunnelClient {
         }
     }
 
-    /// Opens the pooled connection `id` in the pool's loop (started the first time).
+    /// Opens the pooled connection `id` in the pool's loop.
     private func startPooledProxy(_ id: ProxyID) {
         do {
-            let loop = try poolLoop.withLock { loop in
-                if let loop { return loop }
-                let started = try PoolLoop(client: self)
-                loop = started
-                return started
-            }
-            try loop.open(id)
+            try startedPoolLoop().open(id)
         } catch {
             events(.serverError("cannot keep a pooled proxy connection: \(error)"))
             leavePool()
+        }
+    }
+
+    /// `create_proxy` with the pool on (a user came while the pool was empty): steps 4 and 5
+    /// in the pool's loop as well, so that a burst of users starts no thread either.
+    func serveUserInPoolLoop(_ user: Endpoint, id: ProxyID) {
+        guard countUser(user) else { return }
+        do {
+            try startedPoolLoop().open(id, for: user)
+        } catch {
+            userLeft()
+            events(.proxyFailed(user: user, error: "\(error)"))
+        }
+    }
+
+    /// The pool's loop, started the first time it is needed.
+    private func startedPoolLoop() throws -> PoolLoop {
+        try poolLoop.withLock { loop in
+            if let loop { return loop }
+            let started = try PoolLoop(client: self)
+            loop = started
+            return started
         }
     }
 
