@@ -24,8 +24,12 @@ struct FullTunnelTests {
         let response = String(decoding: try user.readToEnd(), as: UTF8.self)
         #expect(response.hasPrefix("HTTP/1.0 200 OK\r\n"))
         #expect(response.hasSuffix("Hello from the app on the private machine!\n"))
-        #expect(client.events.wait { if case let .userArrived(who, _) = $0 { who == user.local } else { false } },
-                "the client learns who connected")
+        #expect(client.events.wait { event in
+            switch event {
+            case let .userArrived(who, _), let .pooledUserArrived(who, _): who == user.local  // create_proxy, or the pool
+            default: false
+            }
+        }, "the client learns who connected")
     }
 
     @Test("64 MiB of binary data each way arrives intact")

@@ -1,6 +1,7 @@
 // Helpers for stage 3's tests: a server (stage 2's, with the secret check in front), the
 // real tunnel client, and apps for it to reach, each on ports the kernel picked.
 
+import Foundation
 import Stage0Pipe
 import Stage1Control
 import Stage2Proxy
@@ -51,16 +52,26 @@ func claimed(_ control: Connection) throws -> Bool {
 }
 
 /// The real tunnel client, running on a background thread, with its events recorded.
+/// The pool the tunnel tests' clients keep: `TEST_POOL` (a size, 0 for none), else the
+/// client's default. CI runs the suites with both, so both pool settings pass the same tests.
+let poolUnderTest: Int = {
+    guard let size = ProcessInfo.processInfo.environment["TEST_POOL"] else {
+        return TunnelClientSettings(localApp: anyLoopbackPort, control: anyLoopbackPort, proxy: anyLoopbackPort).pool
+    }
+    guard let pool = Int(size), (0...ProxyPool.maxSize).contains(pool) else { fatalError("TEST_POOL must be 0 to 16, not \(size)") }
+    return pool
+}()
+
 final class RunningClient3: Sendable {
     let client: TunnelClient
     let events = EventRecorder<TunnelClientEvent>()
     let thread: BackgroundThread<ClosedByServer?>
 
-    convenience init(app: Endpoint, server: RunningServer3, secret: String? = nil, pool: Int = 0) throws {
+    convenience init(app: Endpoint, server: RunningServer3, secret: String? = nil, pool: Int = poolUnderTest) throws {
         try self.init(app: app, control: server.control, proxy: server.proxy, secret: secret, pool: pool)
     }
 
-    init(app: Endpoint, control: Endpoint, proxy: Endpoint, secret: String? = nil, pool: Int = 0,
+    init(app: Endpoint, control: Endpoint, proxy: Endpoint, secret: String? = nil, pool: Int = poolUnderTest,
          name: String = "test", remotePort: UInt16 = 0) throws {
         var settings = TunnelClientSettings(localApp: app, control: control, proxy: proxy)
         settings.name = name

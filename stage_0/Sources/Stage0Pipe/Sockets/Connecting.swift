@@ -4,13 +4,16 @@
 // EINPROGRESS), the loop watches `fd` until it becomes writable, and `finish` reads the outcome.
 
 /// A TCP connect begun and not yet finished. Its owner calls `finish()` once `fd` is writable,
-/// or `abandon()`; then `fd` belongs to the connection, or is closed.
+/// or `abandon()`; then `fd` belongs to the connection, or is closed (once, whatever is called).
 public final class Connecting: Sendable {
     /// The socket being connected: watch it for writability.
     public let fd: Int32
     public let endpoint: Endpoint
     /// The endpoint's other addresses, to try in turn (`next()`) if this one fails.
     private let others: [SocketAddress]
+    /// True until `fd` is closed or handed to a `Connection`: a descriptor closed twice would
+    /// close whatever socket the kernel gave its number to in between.
+    private let ownsDescriptor = Locked(true)
 
     private init(fd: Int32, endpoint: Endpoint, others: [SocketAddress]) {
         self.fd = fd
@@ -54,7 +57,9 @@ public final class Connecting: Sendable {
             try systemCall("getsockopt") { getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length) }
             if code != 0 { throw SocketError(call: "connect \(endpoint)", code: code) }
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
-            return try Connection(fd: fd)
+            let connection = try Connection(fd: fd)
+            ownsDescriptor.withLock { $0 = false }
+            return connection
         } catch {
             abandon()
             throw error
@@ -66,8 +71,9 @@ public final class Connecting: Sendable {
         others.isEmpty ? nil : try Connecting.start(to: endpoint, addresses: others)
     }
 
-    /// Gives up: closes `fd` (which also takes it out of any epoll or kqueue set).
+    /// Gives up: closes `fd` (which also takes it out of any epoll or kqueue set), unless it
+    /// is closed already or belongs to a `Connection`.
     public func abandon() {
-        _ = systemClose(fd)
+        if ownsDescriptor.exchange(false) { _ = systemClose(fd) }
     }
 }
