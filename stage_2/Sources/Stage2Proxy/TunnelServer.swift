@@ -4,9 +4,8 @@
 //                   step 3: the server writes `create_proxy <id>` on the control connection
 //   proxy   :60625  step 4: the client's proxy connection names the id in its first line,
 //                   and is joined to that user (step 5, with stage 0's relay)
-// A thread per control connection; none per user: a user waits in a table, and its proxy
-// connection is read and joined from the accept loop. Later, in rooms: Limits/, Pool/, Log/,
-// Control/, Listeners/.
+// No thread per user: a user waits in a table, and its proxy connection is read and joined from
+// the accept loop. Later, in rooms: Limits/, Pool/, Log/, Control/, Listeners/.
 
 import Stage0Pipe
 import Stage1Control
@@ -148,18 +147,28 @@ public final class TunnelServer: Sendable {
     // MARK: Steps 4 and 5: a proxy connection names its user, and the two are joined
 
     /// From the accept loop: the client writes `proxy <id>` as soon as it has connected, so the
-    /// line has usually come already, and is read without waiting. If not, the connection waits
-    /// for it on a thread of its own (Listeners/), so that a slow one holds up no other.
+    /// line has usually come, and is read without waiting. If not, the connection waits for it
+    /// on a thread of its own (Listeners/), so that a slow one holds up no other.
     func serveProxy(_ proxy: Connection) {
         let reader = LineReader(proxy, maxLineLength: 64)
         let line = Result { try reader.readLine(deadline: .now) }
         if case .failure(is TimeoutError) = line { return waitForID(proxy, reader) }
-        if let id = proxyID(proxy, line) { pairOrReject(proxy, id: id, reader: reader) }
+        pair(proxy, firstLine: line, reader: reader)
     }
 
-    func pairOrReject(_ proxy: Connection, id: ProxyID, reader: LineReader) {
-        if !pair(proxy, id: id, reader: reader) {
-            reject(proxy, "id \(id.short) is not waiting: never issued, expired, or already used")
+    /// A proxy connection's first line (as read) names a waiting user; if not, it is closed.
+    func pair(_ proxy: Connection, firstLine: Result<[UInt8]?, any Error>, reader: LineReader) {
+        switch firstLine {
+        case .success(let line?):
+            guard case .proxy(let id)? = try? ClientMessage(line: line) else {
+                return reject(proxy, "its first line was not proxy <id>")
+            }
+            if !pair(proxy, id: id, reader: reader) {
+                reject(proxy, "id \(id.short) is not waiting: never issued, expired, or already used")
+            }
+        case .success(nil): reject(proxy, "it closed without naming a user")
+        case .failure(is TimeoutError): reject(proxy, "it sent no proxy <id> line within \(proxyTimeout)")
+        case .failure(let error): reject(proxy, "\(error)")
         }
     }
 
@@ -195,20 +204,6 @@ public final class TunnelServer: Sendable {
             events(.userFinished(user: user.peer, sent: result.forward, received: early.count + result.backward,
                                  error: result.error.map { "\($0)" }))
         })
-    }
-
-    /// The id in a proxy connection's first line (`line`, as read); nil if there is none (then
-    /// the connection is closed, and the reason logged).
-    func proxyID(_ proxy: Connection, _ line: Result<[UInt8]?, any Error>) -> ProxyID? {
-        switch line {
-        case .success(let line?):
-            if case .proxy(let id)? = try? ClientMessage(line: line) { return id }
-            reject(proxy, "its first line was not proxy <id>")
-        case .success(nil): reject(proxy, "it closed without naming a user")
-        case .failure(is TimeoutError): reject(proxy, "it sent no proxy <id> line within \(proxyTimeout)")
-        case .failure(let error): reject(proxy, "\(error)")
-        }
-        return nil
     }
 
     func reject(_ proxy: Connection, _ reason: String) {

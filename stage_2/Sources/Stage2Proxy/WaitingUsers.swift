@@ -1,23 +1,16 @@
 // Between step 2 and step 4, a user waits: connected to the public port, with nowhere to send its
-// bytes until the client's proxy connection comes. This table holds those users by id; a proxy
-// connection takes its user out of the table, so an id works once. No thread waits with a user:
-// a timer takes it out when its time is up, if nobody has.
+// bytes until the client's proxy connection comes. This table holds those users by id (no thread
+// waits with them); a proxy connection takes its user out of the table, so an id works once.
 
 import Dispatch
 import Stage0Pipe
 
 /// A user connection waiting for its proxy connection.
-final class WaitingUser: Sendable {
+struct WaitingUser: Sendable {
     let connection: Connection
     let askedOver: ControlChannel  // the client's control connection that was asked for it
     /// Gives back the user's place in the count (Limits/); called once, by whoever took it out.
     let release: @Sendable () -> Void
-
-    init(connection: Connection, askedOver: ControlChannel, release: @escaping @Sendable () -> Void) {
-        self.connection = connection
-        self.askedOver = askedOver
-        self.release = release
-    }
 }
 
 /// Users waiting for proxy connections, by id. Every method is one step under one lock.
@@ -29,7 +22,6 @@ final class WaitingUsers: Sendable {
     func add(_ user: WaitingUser, for timeout: Duration, expired: @escaping @Sendable () -> Void) -> ProxyID {
         let id = ProxyID.random()
         users.withLock { $0[id] = user }
-        // One Dispatch timer per user (a thread runs only when one fires), not a blocked thread.
         DispatchQueue.global().asyncAfter(deadline: .now() + dispatchInterval(timeout)) { [self] in
             guard let late = take(id) else { return }
             late.connection.close()

@@ -70,10 +70,10 @@ extension TunnelServer {
         nonisolated(unsafe) let reader = reader  // handed over: the accept loop never touches it again
         do {
             try startThread("proxy connection from \(proxy.peer)") { [self] in
-                let id = budgets.counted(proxy, in: budgets.forProxy(proxy)) {
-                    proxyID(proxy, Result { try reader.readLine(deadline: .now + proxyTimeout) })
+                let line = budgets.counted(proxy, in: budgets.forProxy(proxy)) {
+                    Result { try reader.readLine(deadline: .now + proxyTimeout) }
                 }
-                if let id { pairOrReject(proxy, id: id, reader: reader) }
+                if let line { pair(proxy, firstLine: line, reader: reader) }
             }
         } catch {
             reject(proxy, "\(error)")
