@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How fast is the tunnel? One table, measured in one run, every path against a direct connection.
+"""How fast is the tunnel? Two tables, measured in one run, every path against a direct connection.
 
 Run it with `.ci/bench` (it installs wrk, haproxy, socat and nginx-light if missing, and builds
 release first); this file is the driver. Not run by CI: speed is checked here, never by tests.
@@ -14,7 +14,8 @@ written here is the app for bulk transfers. Each path sits between the load and 
   stage 3           the tunnel: server + client, two hops (no secret: loopback only)
 When the executables accept `--relay events|threads` (found in their --help) both relays are
 measured; when stage3-client accepts `--pool N`, stage 3 is measured with the pool off and on.
-The app and the relays share one CPU; the load (wrk, and this driver) runs on the other.
+The app and the relays share one CPU; the load (wrk, and this driver) runs on the other (but
+for the second table's new conn on both cores, and its canary).
 
 Columns:
   bulk up / down      1 transfer each way (user -> app, app -> user), MB/s; (×) of direct's
@@ -36,14 +37,46 @@ Columns:
                       (or the second haproxy). Fewer users are asked for when the machine
                       would run out (the table says which limit): relays with a thread per
                       user need PIDs (`sysctl kernel.pid_max=4194304`), and every relay two
-                      descriptors per user (`ulimit -n`, raised when allowed).
-The first table gives medians over the runs; the second the spread (min–max) of the same cells.
+                      descriptors per user (`ulimit -n`, raised when allowed: the report's
+                      first line says the limit every process got, and why if not higher).
+The second table, under load, has the same rows. Its -c1000 and churn figures come from a fresh
+instance of each path, so that they move no figure of the first table; its first column does
+not (it needs the first table's new conn beside it):
+  new conn, load on both cores
+                      new conn again, right after the first, with this driver allowed on both
+                      CPUs instead of the load's one: a relay that refills something (a pool)
+                      after each user now competes with the next user's client for a CPU, so
+                      a refill that costs the next user its latency shows here; added as above
+  -c1000 req/s        `wrk -t1 -c1000` keep-alive GETs (wrk on the load CPU, like -c64): a
+                      thousand users at once, through every hop; (×) of direct's
+  -c1000 p99 ms       that run's p99 latency (its own, not added: at -c1000 it is queueing)
+  -c1000 errors       wrk's socket errors (timeouts: 5 s) + non-2xx responses in that run
+  CPU/req at -c1000   CPU of every relay process during that run / requests served, µs
+  churn: users/s      N users (10,000; --quick 1,000) each connect, send a GET and leave at once
+                      without reading (SO_LINGER 0: a reset, no TIME_WAIT), from one Python loop
+                      on the load CPU keeping up to 100 handshakes in flight (so one user whose
+                      SYN a full accept queue dropped, retried after 1 s, holds up nobody): users
+                      connected per second. stage 3 and haproxy paths only; "(K failed)": K
+                      users (the worst run's) refused, or not connected in the 60 s it may take
+  server threads before / max / after
+                      threads of the process users connect to (stage3-server, or the haproxy
+                      in front) before the churn (the canary connected), its highest (sampled
+                      every 20 ms), and 2 s after the last user left
+  canary answered / asked
+                      an existing user meanwhile: one keep-alive connection asking a GET every
+                      50 ms from the churn's start until the 2 s after; an answer later than
+                      1 s counts as failed (and the connection is replaced). It is a process of
+                      its own allowed on both CPUs: it sleeps between GETs, so the scheduler
+                      wakes it at once on whichever CPU, and it neither waits for the flood's
+                      CPU nor shares its interpreter lock, so a late answer is the path's fault
+Each table comes with a spread table: min–max of the same cells over the runs.
 On a busy machine figures move by tens of percent between runs: compare rows of one table.
 nginx answers headers and body in one write (sendfile off, its default); with two writes a
 relay that leaves Nagle's algorithm on waits for a delayed ACK, 40 ms per request (socat does).
 Linux only (taskset, /proc).
 """
 import argparse
+import errno
 import functools
 import os
 import resource
@@ -52,6 +85,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -64,6 +98,11 @@ MIB = 1 << 20
 REQUEST_KEEP_ALIVE = b"GET /1k HTTP/1.1\r\nHost: bench\r\n\r\n"
 REQUEST_CLOSE = b"GET /1k HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
 IP_BIND_ADDRESS_NO_PORT = 24  # Linux: choose the source port at connect(), per destination
+CAP_SYS_RESOURCE = 24  # the capability that raises a hard limit (linux/capability.h)
+CHURN_IN_FLIGHT = 100  # churn users in their handshake at once
+CHURN_DEADLINE = 60    # seconds the churn may take in all
+CHURN_TAIL = 2         # seconds the canary and the thread sampler go on after the last user
+CANARY_EVERY, CANARY_PATIENCE = 0.05, 1.0  # seconds between its GETs; an answer later fails
 
 
 def log(message):
@@ -167,6 +206,20 @@ def footprint(pid):
             len(os.listdir(f"/proc/{pid}/fd")))
 
 
+def threads(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("Threads:")))
+
+
+def threads_and_fds(pid):
+    return threads(pid), len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def hard_descriptor_limit(pid):
+    with open(f"/proc/{pid}/limits") as f:
+        return int(next(line.split()[4] for line in f if line.startswith("Max open files")))
+
+
 def listening(port):
     """True once something listens on the port (read from /proc: no probe connection)."""
     suffix = f":{port:04X}"
@@ -189,9 +242,13 @@ def wait_until(what, predicate, process=None, deadline=15):
         time.sleep(0.02)
     detail, exited = "", process is not None and process.poll() is not None
     if process is not None:
-        with open(process.logpath, errors="replace") as f:
-            detail = " — its log ends: " + " | ".join(f.read().splitlines()[-3:])
+        detail = " — its log ends: " + log_tail(process)
     raise RuntimeError(f"{what} did not happen: " + ("it exited" if exited else f"not within {deadline} s") + detail)
+
+
+def log_tail(process):
+    with open(process.logpath, errors="replace") as f:
+        return " | ".join(f.read().splitlines()[-3:])
 
 
 def free_port():
@@ -280,6 +337,7 @@ class Path:
     def __init__(self, label, kind, relay=None, pool=None, threads_per_user=0, idle=True):
         self.label, self.kind, self.relay, self.pool = label, kind, relay, pool
         self.threads_per_user, self.idle = threads_per_user, idle
+        self.churn = kind in ("haproxy", "haproxy2", "stage3")  # the tunnel, and a production relay
 
     def start(self, procs, target, core, tag):
         name = f"{self.label}-{tag}".replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
@@ -388,6 +446,16 @@ def new_connection_latency(port, count):
     return samples[len(samples) // 2], samples[min(len(samples) - 1, int(len(samples) * 0.99))], failures
 
 
+def on_cores(cores, work):
+    """Runs `work()` with this thread allowed on `cores`, then puts it back where it was."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        return work()
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def bulk_up(port, size):
     block = memoryview(bytearray(MIB))
     start = time.perf_counter()
@@ -422,6 +490,22 @@ class PssSampler(threading.Thread):
     def run(self):
         while not self.done.wait(0.1):
             self.peak = max(self.peak, pss_mib(self.roots))
+
+
+class ThreadSampler(threading.Thread):
+    """The highest thread count of one process, sampled every 20 ms: a relay with a thread per
+    user may hold thousands for a moment during a churn, and be back down a second later."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.done = pid, threads(pid), threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.02):
+            try:
+                self.peak = max(self.peak, threads(self.pid))
+            except OSError:
+                return  # it exited: the churn's other figures show it
 
 
 def hold_idle_users(port, count, batch=250):
@@ -493,11 +577,146 @@ def idle_capacity(path, wanted):
     return max(0, users), reason
 
 
+def settle(pid, quiet=0.3, deadline=10):
+    """Waits (up to `deadline` s) until the process's threads and descriptors have not moved for
+    `quiet` s: the users of the step before are gone. Not until they are back to where they
+    started: a relay may keep what the load made it grow (stage 3's events relay keeps a
+    second event loop)."""
+    end, last, since = time.monotonic() + deadline, None, time.monotonic()
+    while time.monotonic() < end:
+        now = threads_and_fds(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.05)
+
+
+def flood(port, users):
+    """`users` users connect, send a GET and leave without reading, up to CHURN_IN_FLIGHT in
+    their handshake at a time (a user whose SYN was dropped retries after 1 s: it must not hold
+    up the others). Returns (users connected, users who could not, seconds)."""
+    linger = struct.pack("ii", 1, 0)  # close = reset: no TIME_WAIT, so one address's ports suffice
+    selector, started, connected, failed = selectors.DefaultSelector(), 0, 0, 0
+    begin = time.monotonic()
+    while (started < users or selector.get_map()) and time.monotonic() < begin + CHURN_DEADLINE:
+        while started < users and len(selector.get_map()) < CHURN_IN_FLIGHT:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            s.setblocking(False)
+            started += 1
+            if s.connect_ex(("127.0.0.1", port)) in (0, errno.EINPROGRESS):
+                selector.register(s, selectors.EVENT_WRITE)
+            else:
+                failed += 1
+                s.close()
+        for key, _ in selector.select(timeout=0.1):
+            s = key.fileobj
+            selector.unregister(s)
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                connected += 1
+                try:
+                    s.send(REQUEST_CLOSE)
+                except OSError:
+                    pass  # the relay turned it away already: it was leaving anyway
+            else:
+                failed += 1
+            s.close()
+    seconds = time.monotonic() - begin
+    for key in list(selector.get_map().values()):  # still in their handshake at the deadline
+        key.fileobj.close()
+        failed += 1
+    return connected, failed + users - started, seconds
+
+
+def canary(port):
+    """The canary (run as its own process): one user on one keep-alive connection, asking a GET
+    every CANARY_EVERY s until SIGTERM. Prints `<time asked> ok|failed` per GET; CLOCK_MONOTONIC
+    is one clock for every process, so the driver keeps the GETs asked during the churn."""
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    sock, next_ask = None, time.monotonic()
+    while not stopping:
+        asked = time.monotonic()
+        try:
+            if sock is None:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=CANARY_PATIENCE)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(REQUEST_KEEP_ALIVE)
+            read_response(sock)
+            ok = time.monotonic() - asked <= CANARY_PATIENCE
+        except OSError:
+            if sock is not None:
+                sock.close()
+            sock, ok = None, False  # a fresh connection for the next GET: this one's state is unknown
+        print(f"{asked:.6f} {'ok' if ok else 'failed'}", flush=True)
+        next_ask = max(next_ask + CANARY_EVERY, time.monotonic())
+        time.sleep(max(0.0, next_ask - time.monotonic()))
+    return 0
+
+
+def logged(process, text):
+    with open(process.logpath, "rb") as f:
+        return text in f.read()
+
+
+def churn(port, server, cfg, procs, tag):
+    """The churn flood, with the canary and the server's thread count (see the docstring)."""
+    helper = procs.start(f"canary-{tag}", [sys.executable, os.path.abspath(__file__), "--canary", str(port)],
+                         ",".join(map(str, sorted(cfg.cores))))
+    try:
+        wait_until("the canary's first answer", lambda: logged(helper, b" ok\n"), helper)
+        r = {"threads_before": threads(server.pid)}
+        sampler = ThreadSampler(server.pid)
+        begin = time.monotonic()
+        sampler.start()
+        try:
+            connected, r["churn_failed"], seconds = flood(port, cfg.churn_users)
+            time.sleep(CHURN_TAIL)
+            r["threads_after"] = threads(server.pid)
+        finally:
+            sampler.done.set()
+            sampler.join()
+        end = time.monotonic()
+        if helper.poll() is not None:
+            raise RuntimeError(f"the canary exited early; its log ends: {log_tail(helper)}")
+    finally:
+        procs.stop(helper)
+    with open(helper.logpath) as f:
+        asks = [words[1] for words in map(str.split, f)
+                if len(words) == 2 and words[1] in ("ok", "failed") and begin <= float(words[0]) <= end]
+    r.update(churn_rate=connected / seconds, threads_max=sampler.peak,
+             canary_asked=len(asks), canary_answered=asks.count("ok"))
+    return r
+
+
+def under_load(path, procs, cfg, apps, core, tag, r):
+    """The second table's -c1000 and churn, on a fresh instance of the path: a thousand users and
+    a flood leave threads, memory and sockets behind that would move the first table's figures."""
+    port, started = path.start(procs, apps["nginx"], core, tag + "-load")
+    roots = [p.pid for p in started]
+    try:
+        before = cpu_seconds(roots)
+        load = wrk(port, 1000, cfg.seconds)
+        cpu = cpu_seconds(roots) - before
+        r["k_rps"], r["k_p99"], r["k_errors"] = load["rps"], load["p99"], load["errors"]
+        if roots:
+            r["k_cpu_us"] = cpu / load["requests"] * 1e6
+        if path.churn:
+            settle(roots[0])  # the thousand users' threads and sockets are gone
+            r.update(churn(port, started[0], cfg, procs, tag))
+    finally:
+        for process in started:
+            procs.stop(process)
+
+
 def measure(path, procs, cfg, apps, core, tag, r):
     """Every figure of one path in one run, into `r` (kept so far if a step fails)."""
     port, started = path.start(procs, apps["nginx"], core, tag)
     roots = [p.pid for p in started]
     try:
+        # Started with this driver's descriptor limit; none lowered its hard limit since.
+        r["relay_nofile"] = min((hard_descriptor_limit(pid) for pid in roots), default=cfg.nofile)
         ka = wrk(port, 1, cfg.keepalive_seconds)
         r["ka_p50"], r["ka_p99"] = ka["p50"], ka["p99"]
         sampler = PssSampler(roots)
@@ -517,6 +736,10 @@ def measure(path, procs, cfg, apps, core, tag, r):
         r["nc_p50"], r["nc_p99"], r["nc_failures"] = new_connection_latency(port, cfg.new_connections)
         if roots:
             r["nc_cpu_us"] = (cpu_seconds(roots) - before) / cfg.new_connections * 1e6
+        # Again with the client on both CPUs, competing with the relay's own work (a refill).
+        r["nc2_p50"], r["nc2_p99"], failures = on_cores(
+            cfg.cores, lambda: new_connection_latency(port, cfg.new_connections))
+        r["nc_failures"] += failures
         if path.idle and roots:
             users, r["idle_limit"] = idle_capacity(path, cfg.idle_users)
             r["idle_asked"] = users
@@ -529,7 +752,8 @@ def measure(path, procs, cfg, apps, core, tag, r):
     finally:
         for process in started:
             procs.stop(process)
-    # Bulk through a second instance of the path, in front of the bulk app (stage 3 serves one app).
+    under_load(path, procs, cfg, apps, core, tag, r)
+    # Bulk through a third instance of the path, in front of the bulk app (stage 3 serves one app).
     port, started = path.start(procs, apps["bulk"], core, tag + "-bulk")
     try:
         r["up"] = bulk_up(port, cfg.bulk_mib * MIB)
@@ -545,8 +769,8 @@ def median(values):
     return statistics.median(values) if values else None
 
 
-def cells(path, runs, direct_runs, spread):
-    """The row of one path: medians, or (spread=True) min–max, of each figure over the runs."""
+def formatters(path, runs, direct_runs, spread):
+    """The cells of one path: medians, or (spread=True) min–max, of each figure over the runs."""
     def figure(key, fmt, relative=None):
         """`relative`: None for the value itself, "ratio" or "added" for it against direct's."""
         values = []
@@ -572,6 +796,13 @@ def cells(path, runs, direct_runs, spread):
         if path.kind == "direct":
             return figure(key, lambda v: f"{v:.0f}")
         return figure(key, lambda v: f"{v:+.0f}", "added")
+
+    return figure, with_ratio, added
+
+
+def cells(path, runs, direct_runs, spread):
+    """The row of one path in the first table."""
+    figure, with_ratio, added = formatters(path, runs, direct_runs, spread)
 
     def idle():
         if not path.idle or path.kind == "direct":
@@ -602,13 +833,42 @@ def cells(path, runs, direct_runs, spread):
             *idle()]
 
 
-def table(paths, results, spread):
-    header = ["path", "bulk up MB/s", "bulk down MB/s", "keep-alive p50 / p99 µs",
-              "new conn p50 / p99 µs", "CPU/new conn µs", "-c64 req/s", "errors", "CPU/req µs", "peak PSS MiB",
-              "idle users held", "server RSS MiB / threads / fds", "client RSS MiB / threads / fds"]
-    rows = [cells(p, results[p.label], results[paths[0].label], spread) for p in paths]
+def load_cells(path, runs, direct_runs, spread):
+    """The row of one path in the second table, under load."""
+    figure, with_ratio, added = formatters(path, runs, direct_runs, spread)
+    whole = lambda v: f"{v:.0f}"
+
+    def churn():
+        if not path.churn:
+            return "–", "–", "–"
+        rate = figure("churn_rate", lambda v: f"{v:,.0f}")
+        failed = max((r.get("churn_failed", 0) for r in runs), default=0)
+        if failed and not spread:
+            rate += f" ({failed} failed)"  # the worst run's
+        threads_cell = " / ".join(figure(f"threads_{k}", whole) for k in ("before", "max", "after"))
+        return rate, threads_cell, f"{figure('canary_answered', whole)} / {figure('canary_asked', whole)}"
+
+    return [path.label,
+            f"{added('nc2_p50')} / {added('nc2_p99')}",
+            with_ratio("k_rps", lambda v: f"{v:,.0f}"),
+            figure("k_p99", lambda v: f"{v / 1000:.1f}"),
+            figure("k_errors", whole),
+            figure("k_cpu_us", lambda v: f"{v:.1f}"),
+            *churn()]
+
+
+HEADER = ["path", "bulk up MB/s", "bulk down MB/s", "keep-alive p50 / p99 µs",
+          "new conn p50 / p99 µs", "CPU/new conn µs", "-c64 req/s", "errors", "CPU/req µs", "peak PSS MiB",
+          "idle users held", "server RSS MiB / threads / fds", "client RSS MiB / threads / fds"]
+LOAD_HEADER = ["path", "new conn p50 / p99 µs, load on both cores", "-c1000 req/s", "-c1000 p99 ms",
+               "-c1000 errors", "CPU/req µs at -c1000", "churn: users/s", "server threads before / max / after",
+               "canary answered / asked"]
+
+
+def table(header, row, paths, results, spread):
+    rows = [row(p, results[p.label], results[paths[0].label], spread) for p in paths]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines)
 
 
@@ -645,35 +905,68 @@ def choose_paths(cfg):
             paths.append(Path(label, "stage3", relay=relay, pool=pool,
                               threads_per_user=0 if relay == "events" else 4))
     if cfg.only:
-        paths = [paths[0]] + [p for p in paths[1:] if cfg.only in p.label]
+        wanted = only_terms(cfg.only, [p.label for p in paths])
+        paths = [paths[0]] + [p for p in paths[1:] if any(term in p.label for term in wanted)]
     return paths, notes
+
+
+def only_terms(text, labels):
+    """--only's comma-separated substrings. A comma that is part of a label stays in its term:
+    "haproxy, two hops" is one label's, "two hops,socat" two terms."""
+    terms = []
+    for piece in text.split(","):
+        if terms and any(f"{terms[-1]},{piece}" in label for label in labels):
+            terms[-1] += f",{piece}"
+        else:
+            terms.append(piece)
+    return [term.strip() for term in terms if term.strip()]
 
 
 def raise_descriptor_limit():
     """10,000 idle users need 20,000+ descriptors in each relay process: raise the limit as far
-    as allowed (the hard limit needs CAP_SYS_RESOURCE, which a container may not give)."""
+    as allowed (every process started later inherits it). Returns the limit, and why it is not
+    fs.nr_open (the most the kernel gives) when it is not."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with open("/proc/sys/fs/nr_open") as f:
         wanted = max(hard, int(f.read()))
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # Python says ValueError for EPERM here
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return limit, "" if limit >= wanted else why_not_raised()
+
+
+def why_not_raised():
+    """Raising a hard limit needs CAP_SYS_RESOURCE. Root in a container or VM may lack it, even
+    in its bounding set, and then no process there can raise it: only the host can."""
+    with open("/proc/self/status") as f:
+        caps = {k: int(v, 16) for k, v in (line.split(":") for line in f if line.startswith("Cap"))}
+    if not caps["CapBnd"] >> CAP_SYS_RESOURCE & 1:
+        return "the hard limit; raising it needs CAP_SYS_RESOURCE, which this machine withholds from every process"
+    if not caps["CapEff"] >> CAP_SYS_RESOURCE & 1:
+        return "the hard limit; raising it needs root (CAP_SYS_RESOURCE)"
+    return "the hard limit; setrlimit refused to raise it"
 
 
 def report(cfg, paths, results, notes, minutes, cores):
     with open("/proc/loadavg") as f:
         load_average = f.read().split()[0]
+    why = f" ({cfg.nofile_why})" if cfg.nofile_why else ""
     print(f"\n{cfg.runs} run(s) in {minutes:.1f} min on Linux {os.uname().release} (load average {load_average} "
-          f"at the end); nginx + relays on CPU {cores[0]}, load on CPU {cores[-1]}; wrk -c64 {cfg.seconds} s, "
-          f"keep-alive {cfg.keepalive_seconds} s, {cfg.new_connections} new connections, "
-          f"bulk {cfg.bulk_mib} MiB each way, {cfg.idle_users} idle users.")
+          f"at the end); nginx + relays on CPU {cores[0]}, load on CPU {cores[-1]}; wrk -c64 and -c1000 "
+          f"{cfg.seconds} s each, keep-alive {cfg.keepalive_seconds} s, {cfg.new_connections} new connections "
+          f"(load on CPU {cores[-1]}, then on both), bulk {cfg.bulk_mib} MiB each way, {cfg.idle_users} idle users, "
+          f"{cfg.churn_users} users churned; ulimit -n {cfg.nofile} for every process{why}.")
     print("Medians. Bulk and req/s: value (× direct). Latency: direct's own, others' added (+µs).\n")
-    print(table(paths, results, spread=False))
+    print(table(HEADER, cells, paths, results, spread=False))
+    print("\nUnder load (medians; a fresh instance of each path, but for new conn on both cores):\n")
+    print(table(LOAD_HEADER, load_cells, paths, results, spread=False))
     if cfg.runs > 1:
         print("\nSpread over the runs (min–max of the same figures; ratios and added latency per run):\n")
-        print(table(paths, results, spread=True))
+        print(table(HEADER, cells, paths, results, spread=True))
+        print("\nSpread under load:\n")
+        print(table(LOAD_HEADER, load_cells, paths, results, spread=True))
     if notes:
         print()
     for note in notes:
@@ -689,29 +982,38 @@ def positive(text):
 def main():
     parser = argparse.ArgumentParser(prog=".ci/bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 1 run, 1-2 s loads, 128 MiB bulk, 300 new connections, 1000 idle users")
+                        help="a smoke run: 1 run, 1-2 s loads, 128 MiB bulk, 300 new connections, 1000 idle users, "
+                             "1000 users churned")
     parser.add_argument("--runs", type=positive, help="runs of every path; medians are taken over them (default 3)")
-    parser.add_argument("--seconds", type=positive, help="duration of the wrk -c64 load (default 10)")
+    parser.add_argument("--seconds", type=positive, help="duration of the wrk -c64 load, and of -c1000 (default 10)")
     parser.add_argument("--keepalive-seconds", type=positive, help="duration of the wrk -c1 latency run (default 5)")
     parser.add_argument("--new-connections", type=positive, help="connections for new-connection latency (default 2000)")
     parser.add_argument("--bulk-mib", type=positive, help="bulk transfer size each way, MiB (default 1024)")
     parser.add_argument("--idle-users", type=positive, help="concurrent idle users to hold (default 10000)")
+    parser.add_argument("--churn-users", type=positive, help="users connecting and leaving in the churn (default 10000)")
     parser.add_argument("--pool", type=positive, default=4, help="pool size when stage3-client has --pool (default 4)")
-    parser.add_argument("--only", help="measure only the paths whose label contains this (direct always)")
+    parser.add_argument("--only", help="measure only the paths whose label contains one of these, comma-separated "
+                                       "(direct always): --only 'two hops,socat'; a label's own comma stays in "
+                                       "its term: --only 'haproxy, two hops'")
     parser.add_argument("--bin", help="where the executables are (default .build/release, built by .ci/bench)")
     parser.add_argument("--bulk-app", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--canary", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--check-arguments", action="store_true", help=argparse.SUPPRESS)
     cfg = parser.parse_args()
     if cfg.check_arguments:  # .ci/bench asks before it installs and builds
         return 0
     if cfg.bulk_app:
         return bulk_app(cfg.bulk_app)
+    if cfg.canary:
+        return canary(cfg.canary)
     if cfg.bin:
         global BIN
         BIN = os.path.abspath(cfg.bin)
-    defaults = dict(runs=3, seconds=10, keepalive_seconds=5, new_connections=2000, bulk_mib=1024, idle_users=10000)
+    defaults = dict(runs=3, seconds=10, keepalive_seconds=5, new_connections=2000, bulk_mib=1024, idle_users=10000,
+                    churn_users=10000)
     if cfg.quick:
-        defaults = dict(runs=1, seconds=2, keepalive_seconds=1, new_connections=300, bulk_mib=128, idle_users=1000)
+        defaults = dict(runs=1, seconds=2, keepalive_seconds=1, new_connections=300, bulk_mib=128, idle_users=1000,
+                        churn_users=1000)
     for key, value in defaults.items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, value)
@@ -727,10 +1029,12 @@ def main():
     app_core, load_core = cores[0], cores[-1]
     if len(cores) < 2:
         log("only one CPU: the load and the relays share it, so the figures mean little")
+    cfg.cores = set(cores)
     os.sched_setaffinity(0, {load_core})  # this driver is load; wrk inherits it
-    nofile = raise_descriptor_limit()
-    if nofile < 2 * cfg.idle_users + 64:
-        log(f"ulimit -n is {nofile} and cannot be raised here: fewer idle users than {cfg.idle_users}")
+    cfg.nofile, cfg.nofile_why = raise_descriptor_limit()
+    if cfg.nofile < 2 * cfg.idle_users + 64:
+        log(f"ulimit -n is {cfg.nofile} and cannot be raised here ({cfg.nofile_why}): "
+            f"fewer idle users than {cfg.idle_users}")
 
     paths, notes = choose_paths(cfg)
     # Ctrl-C and kill both end in the cleanup below (SIGINT is ignored in background jobs
@@ -760,6 +1064,9 @@ def main():
                     notes.append(f"{path.label}, run {run + 1}: failed ({error}); figures after it are missing")
                 if r.get("nc_failures"):
                     notes.append(f"{path.label}, run {run + 1}: {r['nc_failures']} new connections failed")
+                if r.get("relay_nofile", cfg.nofile) < cfg.nofile:
+                    notes.append(f"{path.label}, run {run + 1}: a relay's hard ulimit -n is {r['relay_nofile']}, "
+                                 f"below the {cfg.nofile} it was started with")
         minutes = (time.monotonic() - started_at) / 60
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
