@@ -700,7 +700,7 @@ def under_load(path, procs, cfg, apps, core, tag, r):
         load = wrk(port, 1000, cfg.seconds)
         cpu = cpu_seconds(roots) - before
         r["k_rps"], r["k_p99"], r["k_errors"] = load["rps"], load["p99"], load["errors"]
-        if roots:
+        if roots and load.get("requests"):
             r["k_cpu_us"] = cpu / load["requests"] * 1e6
         if path.churn:
             settle(roots[0])  # the thousand users' threads and sockets are gone
@@ -729,7 +729,7 @@ def measure(path, procs, cfg, apps, core, tag, r):
             sampler.done.set()
             sampler.join()
         r["rps"], r["errors"] = load["rps"], load["errors"]
-        if roots:
+        if roots and load.get("requests"):  # none: the app is gone, and wrk said so in errors
             r["cpu_us"] = cpu / load["requests"] * 1e6
             r["pss"] = sampler.peak
         before = cpu_seconds(roots)

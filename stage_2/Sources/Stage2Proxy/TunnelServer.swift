@@ -1,4 +1,4 @@
-// Stage 2's server: steps 1 to 4 of the diagram on the public machine, with three listeners.
+// Stage 2's server: steps 1 to 5 of the diagram on the public machine, with three listeners.
 //   control :60623  step 1: the client registers and keeps its control connection alive
 //   public  :60624  step 2: a user connects, and waits under a fresh id;
 //                   step 3: the server writes `create_proxy <id>` on the control connection
@@ -127,7 +127,7 @@ public final class TunnelServer: Sendable {
             return joinUser(user, to: pooled, early: [], through: channel, done: release)
         }
         // The user waits in the table, not on a thread, until a proxy connection takes it (step 4),
-        // its client's departure releases it, or `proxyTimeout` passes and the table closes it.
+        // or its client leaves (ControlChannel closes it), or `proxyTimeout` passes (the table does).
         let id = waiting.add(WaitingUser(connection: user, askedOver: channel, release: release),
                              for: proxyTimeout) { [events, proxyTimeout] in
             events(.userTimedOut(user: user.peer, after: proxyTimeout))
@@ -151,13 +151,13 @@ public final class TunnelServer: Sendable {
     /// on a thread of its own (Listeners/), so that a slow one holds up no other.
     func serveProxy(_ proxy: Connection) {
         let reader = LineReader(proxy, maxLineLength: 64)
-        let line = Result { try reader.readLine(deadline: .now) }
+        let line = Result { try reader.readLine(deadline: .now) }  // a deadline of now: look, don't wait
         if case .failure(is TimeoutError) = line { return waitForID(proxy, reader) }
-        pair(proxy, firstLine: line, reader: reader)
+        serveFirstLine(of: proxy, line, reader: reader)
     }
 
     /// A proxy connection's first line (as read) names a waiting user; if not, it is closed.
-    func pair(_ proxy: Connection, firstLine: Result<[UInt8]?, any Error>, reader: LineReader) {
+    func serveFirstLine(of proxy: Connection, _ firstLine: Result<[UInt8]?, any Error>, reader: LineReader) {
         switch firstLine {
         case .success(let line?):
             guard case .proxy(let id)? = try? ClientMessage(line: line) else {

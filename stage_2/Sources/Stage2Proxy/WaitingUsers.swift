@@ -13,7 +13,8 @@ struct WaitingUser: Sendable {
     let release: @Sendable () -> Void
 }
 
-/// Users waiting for proxy connections, by id. Every method is one step under one lock.
+/// Users waiting for proxy connections, by id. Every method is one step under one lock, and
+/// whoever takes a user out (a proxy connection, the timer, its client's departure) owns it.
 final class WaitingUsers: Sendable {
     private let users = Locked<[ProxyID: WaitingUser]>([:])
 

@@ -144,7 +144,8 @@ public final class TunnelClient: Sendable {
                 openPooledProxy(id)
             case let .createProxy(id, user):
                 events(.userArrived(user: user, id: id))
-                if settings.pool > 0 { serveUserInPoolLoop(user, id: id) } else { serveUserOnItsThread(user, id: id) }  // Pool/
+                // With the pool on, its loop serves this user too (Pool/): no thread per user.
+                if settings.pool > 0 { serveUserInPoolLoop(user, id: id) } else { serveUserOnItsThread(user, id: id) }
             case .error(let reason): events(.serverError(reason))
             case .closing(let reason): throw ClosedByServer(reason: reason)
             case .user: events(.serverError("`user` belongs on a pooled proxy connection, not the control connection"))
@@ -172,7 +173,7 @@ public final class TunnelClient: Sendable {
     }
 
     /// Steps 4 and 5 for one user: proxy connection, private connection, join. Calls `done`
-    /// when the user is gone, which with the event relay is after this function has returned.
+    /// when the user is gone, after this function has returned (the relay runs on its own).
     private func serveUser(_ user: Endpoint, id: ProxyID, done: @escaping @Sendable () -> Void) {
         let proxy: Connection
         do {

@@ -1,16 +1,17 @@
-// Step 1 on the server: the registered client's control connection, which every user's thread
-// writes `create_proxy` on (step 3), and the joins made through it (step 5), which must not
-// outlive it.
+// Step 1 on the server: the registered client's control connection, which the public port's
+// accept loop writes `create_proxy` on (step 3), and the joins made through it (step 5), which
+// must not outlive it.
 
 import Stage0Pipe
 import Stage1Control
 
-/// A client's control connection. The client's own thread writes `pong` on it while users'
-/// threads write `create_proxy`: writes take turns under a lock, so lines never interleave.
+/// A client's control connection. The client's own thread writes `pong` on it while the public
+/// port's accept loop writes `create_proxy`: writes take turns under a lock, so lines never
+/// interleave.
 ///
 /// The same lock guards closing. Once a descriptor is closed, the kernel gives its number to
-/// the next socket opened, perhaps a stranger's connection to the public port; a user thread
-/// that wrote `create_proxy <id>` to the old number would hand that stranger a live id. So
+/// the next socket opened, perhaps a stranger's connection to the public port; a late
+/// `create_proxy <id>` written to the old number would hand that stranger a live id. So
 /// `close()` waits for the writer in progress, and every later `send` fails instead.
 /// (Connection itself makes a late shutdown harmless, but not a late write: writes stay
 /// outside its lock, because joins make millions of them.)
@@ -43,7 +44,8 @@ final class ControlChannel: Sendable {
                 try connection.write(message.encoded, deadline: .now + sendTimeout)
             } catch {
                 // A client that stopped reading is gone for our purposes: end the connection, so
-                // the users queued behind this lock fail at once instead of each timing out.
+                // that the next send fails at once. (Until this one gives up, the public port's
+                // accept loop waits here: a stuck client holds up its own users, once.)
                 connection.shutdownBoth()
                 throw error
             }

@@ -1,5 +1,5 @@
-// What one server takes on at once. Every connection costs descriptors and threads (two per
-// joined user), and both run out: without limits, one stranger opening connections faster
+// What one server takes on at once. Every connection costs descriptors (and, with `--relay
+// threads`, two threads per joined user), and both run out: without limits, one stranger opening connections faster
 // than they close takes the server down for everyone. Over a limit, the new connection is
 // closed at once with a log line, and everyone already connected keeps working.
 // The per-address limits stop one address from taking all the room; they do not stop an

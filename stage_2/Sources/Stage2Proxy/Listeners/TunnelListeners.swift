@@ -56,7 +56,7 @@ public struct TunnelListeners: Sendable {
             for thread in others { thread.value() }
             throw error
         }
-        proxy.acceptOnceDataHasCome()  // the `proxy <id>` line, so that `serveProxy` finds it there
+        proxy.acceptOnceDataHasCome()  // the `proxy <id>` line, so that `serveProxy` finds it (Linux)
         proxy.acceptEach(unless: stop, onError: { onError(self.proxy.endpoint, $0) }, handingOff: proxies)
         for thread in others { thread.value() }
     }
@@ -67,13 +67,15 @@ extension TunnelServer {
     /// for the line on a thread of its own, counted against the pending limits (Limits/), so
     /// that connections which say nothing cannot pile up without end, nor hold up the others.
     func waitForID(_ proxy: Connection, _ reader: LineReader) {
-        nonisolated(unsafe) let reader = reader  // handed over: the accept loop never touches it again
+        // The reader goes along, as it may hold the start of the line already. Handed over: the
+        // accept loop never touches it again (which the compiler cannot see, hence `unsafe`).
+        nonisolated(unsafe) let reader = reader
         do {
             try startThread("proxy connection from \(proxy.peer)") { [self] in
                 let line = budgets.counted(proxy, in: budgets.forProxy(proxy)) {
                     Result { try reader.readLine(deadline: .now + proxyTimeout) }
                 }
-                if let line { pair(proxy, firstLine: line, reader: reader) }
+                if let line { serveFirstLine(of: proxy, line, reader: reader) }
             }
         } catch {
             reject(proxy, "\(error)")

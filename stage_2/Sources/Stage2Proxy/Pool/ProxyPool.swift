@@ -6,7 +6,8 @@
 // (`fill_pool <id>`) to refill the pool.
 //
 // The ids stay what they were: 128 random bits each, given only to the registered client, and
-// good for one proxy connection. The cost: n idle connections, and a client thread for each.
+// good for one proxy connection. The cost: n idle connections (the client keeps them in one
+// event loop: stage 3's Pool/PoolLoop.swift).
 // An idle connection through NAT may be forgotten by a router on the way (stage 1's lesson),
 // and nothing tells us, so a parked connection older than `maxAge` is closed and replaced
 // instead of handed to a user; and an id the client has not used within `maxAge` is given up

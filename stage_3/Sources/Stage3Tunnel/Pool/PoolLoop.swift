@@ -16,7 +16,8 @@ import Stage0Pipe
 import Stage1Control
 import Stage2Proxy
 
-/// The pool's event loop: one per client, started with the first `fill_pool`, ended by `stop()`.
+/// The pool's event loop: one per client, started with the first `fill_pool` (or `create_proxy`
+/// while the pool is on), ended by `stop()`.
 final class PoolLoop: @unchecked Sendable {
     // @unchecked: `entries` is under its lock, epoll/kqueue registration is safe from any thread,
     // and every `PooledProxy` is touched by the loop thread alone once it is in `entries`.
@@ -84,6 +85,7 @@ final class PoolLoop: @unchecked Sendable {
                 try proxy.write(ClientMessage.proxy(pooled.id).encoded)  // a fresh socket has room for a line
                 if let user = pooled.user {  // create_proxy: the user is waiting already
                     client.events(.proxyOpened(user: user, local: proxy.local))
+                    try? poll.remove(proxy.fd)  // bound for the relay's loop, like a pooled one below
                     return dial(proxy, for: user, early: [], pooled, token: token)
                 }
                 pooled.step = .parked(proxy, LineBuffer(maxLineLength: 64))
@@ -102,6 +104,7 @@ final class PoolLoop: @unchecked Sendable {
                 let app = try connecting.finish()
                 client.track(app)
                 forget(token)
+                try? poll.remove(app.fd)  // or every event of the relay's on it would wake this loop too
                 client.join(proxy, to: app, user: user, early: early, done: client.userLeft)
             } catch {
                 retry(pooled, token: token, connecting: connecting, app: true, error: error)
