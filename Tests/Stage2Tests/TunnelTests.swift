@@ -77,6 +77,26 @@ struct TunnelTests {
         #expect(try proxy.read(exactly: 8) == Array("and back".utf8))
     }
 
+    @Test("a proxy connection whose line comes in pieces is joined all the same (the slow way, on a thread)")
+    func lineInPieces() throws {
+        let tunnel = try RunningTunnel()
+        defer { tunnel.stop() }
+        let client = try RawClient(tunnel)
+        defer { client.control.close() }
+
+        let user = try Connection.connect(to: tunnel.public)
+        defer { user.close() }
+        let line = Array("proxy \(try client.nextRequest())\n".utf8)
+        let proxy = try Connection.connect(to: tunnel.proxy)
+        defer { proxy.close() }
+        // Half a line: the proxy port's accept loop finds no whole line, and leaves the
+        // connection to wait for the rest on a thread of its own (as on macOS, where a
+        // connection is accepted before its first bytes come).
+        try proxy.write(Array(line[..<10]))
+        try proxy.write(Array(line[10...]) + Array("hello".utf8))
+        #expect(try user.read(exactly: 5) == Array("hello".utf8))
+    }
+
     @Test("strangers on the proxy port (no id, wrong id, reused id) get nothing; the user is unaffected")
     func strangersOnProxyPort() throws {
         let tunnel = try RunningTunnel(proxyTimeout: .seconds(5))

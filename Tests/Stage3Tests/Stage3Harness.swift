@@ -55,9 +55,7 @@ func claimed(_ control: Connection) throws -> Bool {
 /// The pool the tunnel tests' clients keep: `TEST_POOL` (a size, 0 for none), else the
 /// client's default. CI runs the suites with both, so both pool settings pass the same tests.
 let poolUnderTest: Int = {
-    guard let size = ProcessInfo.processInfo.environment["TEST_POOL"] else {
-        return TunnelClientSettings(localApp: anyLoopbackPort, control: anyLoopbackPort, proxy: anyLoopbackPort).pool
-    }
+    guard let size = ProcessInfo.processInfo.environment["TEST_POOL"] else { return TunnelClientSettings.defaultPool }
     guard let pool = Int(size), (0...ProxyPool.maxSize).contains(pool) else { fatalError("TEST_POOL must be 0 to 16, not \(size)") }
     return pool
 }()

@@ -21,7 +21,7 @@ public final class TunnelServer: Sendable {
     /// The registered client. The newest to send `register` wins, and the one it replaces is told
     /// and closed: refusing newcomers would lock out a restarted client until the dead one timed out.
     let client = Locked<ControlChannel?>(nil)
-    let waiting = WaitingUsers()
+    let waiting: WaitingUsers
     private let controlConnections = OpenConnections()  // ended when the server stops
     let budgets: ConnectionBudgets  // connections counted against the limits
 
@@ -31,6 +31,7 @@ public final class TunnelServer: Sendable {
                 events: @escaping @Sendable (TunnelServerEvent) -> Void) {
         self.heartbeatTimeout = heartbeatTimeout
         self.proxyTimeout = proxyTimeout
+        waiting = WaitingUsers(timeout: proxyTimeout)
         self.limits = limits
         self.admit = admit
         self.events = events
@@ -45,8 +46,7 @@ public final class TunnelServer: Sendable {
             listeners.close()
             controlConnections.shutdownAll()
         }
-        // An accept loop per listener: a control connection gets a thread of its own (it lives
-        // as long as its client); users and proxy connections are handed on from the loop.
+        // An accept loop per listener; a thread per control connection (it lasts as its client does).
         try listeners.acceptEach(unless: stop, onError: { self.events(.acceptFailed(on: $0, error: "\($1)")) },
                                  control: { self.serveControl($0, stop: stop) }, users: serveUser, proxies: serveProxy)
     }
@@ -128,10 +128,9 @@ public final class TunnelServer: Sendable {
         }
         // The user waits in the table, not on a thread, until a proxy connection takes it (step 4),
         // or its client leaves (ControlChannel closes it), or `proxyTimeout` passes (the table does).
-        let id = waiting.add(WaitingUser(connection: user, askedOver: channel, release: release),
-                             for: proxyTimeout) { [events, proxyTimeout] in
-            events(.userTimedOut(user: user.peer, after: proxyTimeout))
-        }
+        let id = waiting.add(WaitingUser(connection: user, askedOver: channel, release: release) {
+            [events, proxyTimeout, peer = user.peer] in events(.userTimedOut(user: peer, after: proxyTimeout))
+        })
         do {
             try channel.send(.createProxy(id, user: user.peer))
             events(.askedForProxy(user: user.peer, client: channel.connection.peer, id: id))

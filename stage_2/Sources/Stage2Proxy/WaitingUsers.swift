@@ -2,33 +2,38 @@
 // bytes until the client's proxy connection comes. This table holds those users by id (no thread
 // waits with them); a proxy connection takes its user out of the table, so an id works once.
 
-import Dispatch
 import Stage0Pipe
 
 /// A user connection waiting for its proxy connection.
 struct WaitingUser: Sendable {
     let connection: Connection
     let askedOver: ControlChannel  // the client's control connection that was asked for it
-    /// Gives back the user's place in the count (Limits/); called once, by whoever took it out.
-    let release: @Sendable () -> Void
+    let release: @Sendable () -> Void  // gives back its place in the count (Limits/), once, by its owner
+    let timedOut: @Sendable () -> Void  // for the log, if no proxy connection came in time
 }
 
 /// Users waiting for proxy connections, by id. Every method is one step under one lock, and
 /// whoever takes a user out (a proxy connection, the timer, its client's departure) owns it.
 final class WaitingUsers: Sendable {
     private let users = Locked<[ProxyID: WaitingUser]>([:])
+    /// One timer for all (stage 0's ExpiryQueue): a user still here after `timeout` is closed.
+    private let expiry: ExpiryQueue<ProxyID>
 
-    /// Adds a user under a fresh id, and returns the id. If the user is still here after
-    /// `timeout`, it is taken out, closed and released, and `expired` is called.
-    func add(_ user: WaitingUser, for timeout: Duration, expired: @escaping @Sendable () -> Void) -> ProxyID {
+    init(timeout: Duration) {
+        expiry = ExpiryQueue(after: timeout) { [users] ids in
+            for user in users.withLock({ users in ids.compactMap { users.removeValue(forKey: $0) } }) {
+                user.connection.close()
+                user.release()
+                user.timedOut()
+            }
+        }
+    }
+
+    /// Adds a user under a fresh id, and returns the id.
+    func add(_ user: WaitingUser) -> ProxyID {
         let id = ProxyID.random()
         users.withLock { $0[id] = user }
-        DispatchQueue.global().asyncAfter(deadline: .now() + dispatchInterval(timeout)) { [self] in
-            guard let late = take(id) else { return }
-            late.connection.close()
-            late.release()
-            expired()
-        }
+        expiry.add(id)
         return id
     }
 

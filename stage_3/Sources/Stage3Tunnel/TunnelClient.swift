@@ -38,8 +38,10 @@ public struct TunnelClientSettings: Sendable {
     public var maxUsers = ServerLimits().maxUsers
     /// Idle and stall timeouts for joined users, as on the server (`--idle-timeout`, `--stall-timeout`).
     public var joinTimeouts = ServerLimits().joinTimeouts
-    /// Proxy connections to keep open, ready for users (`--pool`, 0 to 16; 0: none).
-    public var pool = 0
+    /// Proxy connections to keep open, ready for users (`--pool`, 0 to 16): steps 3 and 4 done
+    /// before users come (Pool/). 0: none, and each user takes the steps this file shows.
+    public var pool = TunnelClientSettings.defaultPool
+    public static let defaultPool = 4
     /// What relays joined users (`--relay`): one event loop for all of them, or two threads each.
     public var relay = RelayChoice.events
 
@@ -84,6 +86,7 @@ public final class TunnelClient: Sendable {
     /// Runs until `stop()`. Throws `ClosedByServer` when the server refuses the client (a wrong
     /// secret, a name another client holds, a newer client took over): a retry would be refused too.
     public func run() throws(ClosedByServer) {
+        defer { stopSignal.stop() }  // over for good: what runs beside it (the pool's loop) ends too
         var failures = 0
         while !stopSignal.isStopped {
             do {
@@ -139,7 +142,7 @@ public final class TunnelClient: Sendable {
             case .registered:
                 registered()
                 events(.registered(server: control.peer, localApp: settings.localApp))
-                if settings.pool > 0 { try control.write(ClientMessage.pool(settings.pool).encoded) }
+                try askForPool(on: control)  // with `--pool` (Pool/)
             case .fillPool(let id):
                 openPooledProxy(id)
             case let .createProxy(id, user):
@@ -160,7 +163,7 @@ public final class TunnelClient: Sendable {
     /// Starts `serveUser` on a thread of its own, unless `maxUsers` are being served already or
     /// no thread can be had. Then the request is turned down here (the server closes the
     /// user when no proxy connection comes) and the users already joined keep working.
-    private func serveUserOnItsThread(_ user: Endpoint, id: ProxyID) {
+    func serveUserOnItsThread(_ user: Endpoint, id: ProxyID) {
         guard countUser(user) else { return }
         do {
             try startThread("user \(user)") {

@@ -40,7 +40,7 @@ let tool = Tool(
                                reset a joined user whose peer reads nothing we send for this long
                                (default 60s; 0 for never)
           --pool N             keep N proxy connections open, ready for users, so a user does not
-                               wait for steps 3 and 4 (0 to 16; default 0)
+                               wait for steps 3 and 4 (0 to 16; default 4; 0: the plain steps)
           --inspect address    serve the live view, a page showing the diagram as users pass
                                through, at host:port, or at 127.0.0.1:port given a port alone
           --relay events|threads
@@ -61,7 +61,7 @@ let (settings, inspect) = tool.parse { arguments in
     let heartbeat = try Heartbeat.fromFlags(&arguments)
     let defaults = ServerLimits()  // the client's limits default to the server's
     let maxUsers = try arguments.count("--max-users", default: defaults.maxUsers)
-    let pool = try arguments.count("--pool", default: 0, range: 0...16)
+    let pool = try arguments.count("--pool", default: TunnelClientSettings.defaultPool, range: 0...16)
     let joinTimeouts = JoinTimeouts(
         idle: try arguments.timeout("--idle-timeout", default: defaults.joinTimeouts.idle),
         stall: try arguments.timeout("--stall-timeout", default: defaults.joinTimeouts.stall))

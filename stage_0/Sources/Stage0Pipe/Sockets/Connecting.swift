@@ -2,6 +2,18 @@
 // must never block (stage 3's proxy pool). `Connection.connect` blocks until the handshake is
 // done; here `start` only begins it (`connect(2)` on a non-blocking socket returns
 // EINPROGRESS), the loop watches `fd` until it becomes writable, and `finish` reads the outcome.
+// Names are looked up beforehand (`ResolvedEndpoint`): `getaddrinfo` may wait for a name server.
+
+/// An endpoint looked up once (`getaddrinfo`), to connect to many times without asking again.
+public struct ResolvedEndpoint: Sendable {
+    public let endpoint: Endpoint
+    let addresses: [SocketAddress]
+
+    public init(_ endpoint: Endpoint) throws {
+        self.endpoint = endpoint
+        addresses = try endpoint.resolve(passive: false)
+    }
+}
 
 /// A TCP connect begun and not yet finished. Its owner calls `finish()` once `fd` is writable,
 /// or `abandon()`; then `fd` belongs to the connection, or is closed (once, whatever is called).
@@ -21,10 +33,10 @@ public final class Connecting: Sendable {
         self.others = others
     }
 
-    /// Resolves `endpoint` and begins connecting to its first address (or the next, if one
-    /// fails at once). Throws if none can even begin.
-    public static func start(to endpoint: Endpoint) throws -> Connecting {
-        try start(to: endpoint, addresses: endpoint.resolve(passive: false))
+    /// Begins connecting to the endpoint's first address (or the next, if one fails at once).
+    /// Throws if none can even begin.
+    public static func start(to resolved: ResolvedEndpoint) throws -> Connecting {
+        try start(to: resolved.endpoint, addresses: resolved.addresses)
     }
 
     private static func start(to endpoint: Endpoint, addresses: [SocketAddress]) throws -> Connecting {
@@ -51,17 +63,16 @@ public final class Connecting: Sendable {
     /// Once `fd` is writable: the connection (blocking, as every `Connection` is), or the
     /// connect's error (`SO_ERROR`), with `fd` closed.
     public func finish() throws -> Connection {
+        guard ownsDescriptor.exchange(false) else { throw SocketError(call: "connect \(endpoint)", code: EBADF) }
         var code: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
         do {
             try systemCall("getsockopt") { getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length) }
             if code != 0 { throw SocketError(call: "connect \(endpoint)", code: code) }
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
-            let connection = try Connection(fd: fd)
-            ownsDescriptor.withLock { $0 = false }
-            return connection
+            return try Connection(fd: fd)
         } catch {
-            abandon()
+            _ = systemClose(fd)
             throw error
         }
     }
@@ -76,4 +87,6 @@ public final class Connecting: Sendable {
     public func abandon() {
         if ownsDescriptor.exchange(false) { _ = systemClose(fd) }
     }
+
+    deinit { abandon() }
 }

@@ -17,7 +17,9 @@ import Stage1Control
 /// outside its lock, because joins make millions of them.)
 final class ControlChannel: Sendable {
     let connection: Connection
-    /// How long a line may wait for the client to make room.
+    /// How long a line may wait for the client to make room: the heartbeat's timeout, but 2 s
+    /// at most. The kernel's buffers hold hundreds of lines, so a client they are full for has
+    /// stopped reading; and the public port's accept loop, which writes `create_proxy`, waits.
     let sendTimeout: Duration
     /// True once closed; held while writing.
     private let closed = Locked(false)
@@ -33,7 +35,7 @@ final class ControlChannel: Sendable {
 
     init(_ connection: Connection, sendTimeout: Duration, poolMaxAge: Duration) {
         self.connection = connection
-        self.sendTimeout = sendTimeout
+        self.sendTimeout = min(sendTimeout, .seconds(2))
         pool = ProxyPool(maxAge: poolMaxAge)
     }
 
@@ -45,7 +47,8 @@ final class ControlChannel: Sendable {
             } catch {
                 // A client that stopped reading is gone for our purposes: end the connection, so
                 // that the next send fails at once. (Until this one gives up, the public port's
-                // accept loop waits here: a stuck client holds up its own users, once.)
+                // accept loop waits here: a stuck client holds up every new user for `sendTimeout`,
+                // once per control connection.)
                 connection.shutdownBoth()
                 throw error
             }

@@ -63,13 +63,6 @@ final class ConnectionBudgets: Sendable {
         events(.overLimit(peer: connection.peer, port: connection.local, limit: limit))
         return false
     }
-
-    /// Runs `body` with `connection` counted in `budget`; nil if it is over a limit (and closed),
-    /// or if `body` found nothing.
-    func counted<Result>(_ connection: Connection, in budget: ConnectionBudget, _ body: () -> Result?) -> Result? {
-        budget.counted(connection, overLimit: { [events] in events(.overLimit(peer: connection.peer, port: connection.local, limit: $0)) },
-                       body)
-    }
 }
 
 /// Connections counted by source address, under a total and a per-address cap. (`package`:

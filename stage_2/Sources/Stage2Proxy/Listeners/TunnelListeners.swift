@@ -70,14 +70,16 @@ extension TunnelServer {
         // The reader goes along, as it may hold the start of the line already. Handed over: the
         // accept loop never touches it again (which the compiler cannot see, hence `unsafe`).
         nonisolated(unsafe) let reader = reader
+        let budget = budgets.forProxy(proxy)
+        guard budgets.count(proxy, in: budget) else { return }  // counted before a thread is spent on it
         do {
             try startThread("proxy connection from \(proxy.peer)") { [self] in
-                let line = budgets.counted(proxy, in: budgets.forProxy(proxy)) {
-                    Result { try reader.readLine(deadline: .now + proxyTimeout) }
-                }
-                if let line { serveFirstLine(of: proxy, line, reader: reader) }
+                let line = Result { try reader.readLine(deadline: .now + proxyTimeout) }
+                budget.give(proxy.peer.host)
+                serveFirstLine(of: proxy, line, reader: reader)
             }
         } catch {
+            budget.give(proxy.peer.host)
             reject(proxy, "\(error)")
         }
     }

@@ -7,7 +7,9 @@
 //               bytes that came after the `user` line, and the loop forgets them.
 // With the pool on, a `create_proxy` (a user who found the pool empty: a burst) takes the same
 // road without parking: connecting, then dialing, so that a burst starts no thread either.
-// Each step has a deadline, looked at whenever the loop wakes (at least once a second).
+// Each step has a deadline, looked at whenever the loop wakes (at least once a second). Names
+// are looked up once per registration (`lookUp`), on the control thread: `getaddrinfo` may wait
+// for a name server, which the loop must never do.
 // Rejected: a thread per pooled connection, as it began (a thread started per user, since
 // each user takes one and its refill opens the next), and a few worker threads making
 // blocking dials (a hand-off between threads per user, and a hung app would hold them all).
@@ -19,10 +21,12 @@ import Stage2Proxy
 /// The pool's event loop: one per client, started with the first `fill_pool` (or `create_proxy`
 /// while the pool is on), ended by `stop()`.
 final class PoolLoop: @unchecked Sendable {
-    // @unchecked: `entries` is under its lock, epoll/kqueue registration is safe from any thread,
-    // and every `PooledProxy` is touched by the loop thread alone once it is in `entries`.
+    // @unchecked: `entries` and `addresses` are under their locks, epoll/kqueue registration is
+    // safe from any thread, and a `PooledProxy`'s steps are taken by the loop thread alone.
     private let poll: EventPoll
-    private let entries = Locked<(next: UInt64, byToken: [UInt64: PooledProxy])>((1, [:]))
+    private let entries = Locked(Entries())
+    /// The server's proxy port and the app, looked up (`lookUp`).
+    private let addresses = Locked<(proxy: ResolvedEndpoint, app: ResolvedEndpoint)?>(nil)
     /// Held until the loop ends (at `stop()`), when the client lets go of the loop too.
     private let client: TunnelClient
     private static let stopToken: UInt64 = 0
@@ -35,31 +39,35 @@ final class PoolLoop: @unchecked Sendable {
         try startThread("proxy pool") { self.run() }
     }
 
+    /// Looks up the server's proxy port and the app, for the connections to come (on the
+    /// control thread, after each registration: a server's address may change between two).
+    func lookUp() throws {
+        let found = (proxy: try ResolvedEndpoint(client.settings.proxy), app: try ResolvedEndpoint(client.settings.localApp))
+        addresses.withLock { $0 = found }
+    }
+
     /// Step 4 ahead of time: begins connecting the pooled proxy connection `id` (from any
     /// thread); or, for `create_proxy`, the proxy connection for `user`, counted already.
     func open(_ id: ProxyID, for user: Endpoint? = nil) throws {
-        let connecting = try Connecting.start(to: client.settings.proxy)
+        guard let server = addresses.current?.proxy else { throw PoolLoopUnavailable(reason: "the server's address is not looked up") }
+        let connecting = try Connecting.start(to: server)
         let pooled = PooledProxy(id: id, user: user, step: .connecting(connecting), deadline: .now + .seconds(10))
-        let token = entries.withLock { entries in
-            defer { entries.next += 1 }
+        // Entered and watched under one lock, so that the loop's last sweep (at stop) sees it, or
+        // it sees that the loop has ended.
+        try entries.withLock { entries in
+            guard !entries.ended else { throw PoolLoopUnavailable(reason: "the client is stopping") }
+            try watch(connecting.fd, token: entries.next, app: false)
             entries.byToken[entries.next] = pooled
-            return entries.next
-        }
-        do {
-            try watch(connecting.fd, token: token, app: false)
-        } catch {
-            forget(token)
-            connecting.abandon()
-            throw error
+            entries.next += 1
         }
     }
 
     // MARK: The loop thread
 
     private func run() {
-        while !client.stopSignal.isStopped {
-            let count = (try? poll.wait(milliseconds: 1000)) ?? 0
-            for index in 0..<count {
+        // An epoll/kqueue that fails (not EINTR, which returns 0) would fail again at once: end.
+        while !client.stopSignal.isStopped, let count = try? poll.wait(milliseconds: 1000) {
+            for index in 0..<count where !client.stopSignal.isStopped {
                 let event = poll.event(index)
                 guard event.token != PoolLoop.stopToken else { continue }  // the `while` sees it
                 let token = event.token >> 1
@@ -71,17 +79,26 @@ final class PoolLoop: @unchecked Sendable {
                 end(pooled, token: token, because: pooled.step.tooLong)
             }
         }
-        for (token, pooled) in entries.current.byToken { end(pooled, token: token, because: "the client stopped") }
-        client.poolLoop.withLock { $0 = nil }
+        let left = entries.withLock { entries in
+            entries.ended = true
+            return entries.byToken
+        }
+        for (token, pooled) in left { end(pooled, token: token, because: "the client stopped") }
+        client.poolLoop.withLock { if $0 === self { $0 = nil } }  // the client lets go of us, and we of it
     }
 
     /// Takes `pooled` one step on, as far as its sockets allow now.
     private func advance(_ pooled: PooledProxy, token: UInt64, appSide: Bool) {
         switch pooled.step {
         case .connecting(let connecting):
+            let proxy: Connection
             do {
-                let proxy = try connecting.finish()
-                client.track(proxy)
+                proxy = try connecting.finish()
+            } catch {
+                return retry(pooled, token: token, connecting: connecting, app: false, error: error)
+            }
+            client.track(proxy)
+            do {
                 try proxy.write(ClientMessage.proxy(pooled.id).encoded)  // a fresh socket has room for a line
                 if let user = pooled.user {  // create_proxy: the user is waiting already
                     client.events(.proxyOpened(user: user, local: proxy.local))
@@ -94,7 +111,8 @@ final class PoolLoop: @unchecked Sendable {
                 pooled.deadline = .now + ServerLimits().poolMaxAge * 2
                 readUserLine(pooled, token: token)  // in case it came with the connect's wake-up
             } catch {
-                retry(pooled, token: token, connecting: connecting, app: false, error: error)
+                pooled.step = .parked(proxy, LineBuffer(maxLineLength: 64))  // so that `end` closes it
+                end(pooled, token: token, because: "\(error)")
             }
         case .parked:
             readUserLine(pooled, token: token)
@@ -121,12 +139,14 @@ final class PoolLoop: @unchecked Sendable {
         if count < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { return }
         guard count > 0 else { return end(pooled, token: token, because: "the server closed it unused") }
         lines.append(chunk[..<count])
-        pooled.step = .parked(proxy, lines)
-        guard let line = try? lines.nextLine() else {
-            // No whole line yet (its rest will wake us), or a line too long: a line is 64 bytes at most.
-            if count == chunk.count { end(pooled, token: token, because: "its first line was too long") }
-            return
+        let line: [UInt8]?
+        do {
+            line = try lines.nextLine()
+        } catch {
+            return end(pooled, token: token, because: "its first line was too long")  // 64 bytes at most
         }
+        pooled.step = .parked(proxy, lines)
+        guard let line else { return }  // no whole line yet: its rest will wake us
         guard case .user(let user)? = try? ServerMessage(line: line) else {
             return end(pooled, token: token, because: "its first line was not user <address>")
         }
@@ -145,12 +165,14 @@ final class PoolLoop: @unchecked Sendable {
     /// Begins the private connection to the app for `user`, who came on `proxy`.
     private func dial(_ proxy: Connection, for user: Endpoint, early: [UInt8], _ pooled: PooledProxy, token: UInt64) {
         do {
-            let connecting = try Connecting.start(to: client.settings.localApp)
+            guard let app = addresses.current?.app else { throw PoolLoopUnavailable(reason: "the app's address is not looked up") }
+            let connecting = try Connecting.start(to: app)
             pooled.step = .dialing(proxy: proxy, user: user, early: early, app: connecting)
             pooled.deadline = .now + .seconds(5)
             try watch(connecting.fd, token: token, app: true)
         } catch {
             forget(token)
+            if case .dialing(_, _, _, let connecting) = pooled.step { connecting.abandon() }
             client.appUnreachable(proxy, user: user, error: "\(error)", done: client.userLeft)
         }
     }
@@ -181,6 +203,10 @@ final class PoolLoop: @unchecked Sendable {
             client.leavePool()
         case .parked(let proxy, _):
             client.release(proxy)
+            if let user = pooled.user {
+                client.events(.proxyFailed(user: user, error: reason))
+                return client.userLeft()
+            }
             client.leavePool()
         case let .dialing(proxy, user, _, connecting):
             connecting.abandon()
@@ -196,6 +222,19 @@ final class PoolLoop: @unchecked Sendable {
     private func watch(_ fd: Int32, token: UInt64, app: Bool) throws {
         try poll.add(fd, token: token << 1 | (app ? 1 : 0))
     }
+}
+
+/// The loop's connections by token, and whether the loop has ended (then it takes no more).
+private struct Entries {
+    var next: UInt64 = 1
+    var byToken: [UInt64: PooledProxy] = [:]
+    var ended = false
+}
+
+/// Why `open` or `dial` could not begin: the loop has ended, or has no addresses yet.
+struct PoolLoopUnavailable: Error, CustomStringConvertible {
+    let reason: String
+    var description: String { reason }
 }
 
 /// One pooled proxy connection on its way from `fill_pool` to the relay.

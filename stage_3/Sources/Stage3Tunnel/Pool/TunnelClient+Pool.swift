@@ -39,22 +39,38 @@ extension TunnelClient {
         }
     }
 
+    /// After `registered`, with `--pool`: starts the pool's loop (or keeps it), has it look up
+    /// the server's proxy port and the app now, once per registration rather than once per
+    /// connection, and asks for the pool. If the loop cannot have what it needs, there is no
+    /// pool: users are served the plain way, and the log says why.
+    func askForPool(on control: Connection) throws {
+        guard settings.pool > 0 else { return }
+        do {
+            try startedPoolLoop().lookUp()
+        } catch {
+            return events(.serverError("no proxy pool: \(error)"))
+        }
+        try control.write(ClientMessage.pool(settings.pool).encoded)
+    }
+
     /// `create_proxy` with the pool on (a user came while the pool was empty): steps 4 and 5
     /// in the pool's loop as well, so that a burst of users starts no thread either.
     func serveUserInPoolLoop(_ user: Endpoint, id: ProxyID) {
+        guard let loop = poolLoop.current else { return serveUserOnItsThread(user, id: id) }  // no pool after all
         guard countUser(user) else { return }
         do {
-            try startedPoolLoop().open(id, for: user)
+            try loop.open(id, for: user)
         } catch {
             userLeft()
             events(.proxyFailed(user: user, error: "\(error)"))
         }
     }
 
-    /// The pool's loop, started the first time it is needed.
+    /// The pool's loop, started the first time it is needed; none once the client is stopping.
     private func startedPoolLoop() throws -> PoolLoop {
         try poolLoop.withLock { loop in
             if let loop { return loop }
+            guard !stopSignal.isStopped else { throw PoolLoopUnavailable(reason: "the client is stopping") }
             let started = try PoolLoop(client: self)
             loop = started
             return started
