@@ -335,7 +335,7 @@ The lab's secret:      TUNNEL_SECRET=\$(cat $STATE/secret)
 Try, with the stage-3 executables built (swift build), each in its own root shell:
   ip netns exec $NS_LAPTOP python3 -m http.server $APP_PORT
   TUNNEL_SECRET=\$(cat $STATE/secret) ip netns exec $NS_SERVER $BIN/stage3-server --host $SERVER_IP
-  TUNNEL_SECRET=\$(cat $STATE/secret) ip netns exec $NS_LAPTOP $BIN/stage3-client 127.0.0.1:$APP_PORT $SERVER_IP
+  TUNNEL_SECRET=\$(cat $STATE/secret) ip netns exec $NS_LAPTOP $BIN/stage3-client 127.0.0.1:$APP_PORT $SERVER_IP --pool 0
   ip netns exec $NS_USER curl http://$SERVER_IP:$PUBLIC_PORT/
   ip netns exec $NS_ROUTER conntrack -L
 When done: $0 down
@@ -530,8 +530,8 @@ cmd_demo() {
 
     heading "Check 5: any TCP protocol: a raw line echo instead of HTTP."
     stop client
-    start_with_secret client "$NS_LAPTOP" "$BIN/stage3-client" "127.0.0.1:$ECHO_PORT" "$SERVER_IP"
-    note "restarted the client for the echo app: stage3-client 127.0.0.1:$ECHO_PORT $SERVER_IP"
+    start_with_secret client "$NS_LAPTOP" "$BIN/stage3-client" "127.0.0.1:$ECHO_PORT" "$SERVER_IP" --pool 0
+    note "restarted the client for the echo app: stage3-client 127.0.0.1:$ECHO_PORT $SERVER_IP --pool 0"
     wait_for_log client '\[1\] registered' 10 || fail "the echo client did not register"
     local echoed
     printf '   $ echo "ping through the NAT" | ip netns exec %s nc -N -w 5 %s %s\n' "$NS_USER" "$SERVER_IP" "$PUBLIC_PORT"
@@ -570,8 +570,10 @@ start_tunnel() {
     start_with_secret server "$NS_SERVER" "$BIN/stage3-server" --host "$SERVER_IP"
     wait_for_log server 'listening' 10 || fail "stage3-server did not start"
     note "started: TUNNEL_SECRET=… ip netns exec $NS_SERVER stage3-server --host $SERVER_IP"
-    start_with_secret client "$1" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP"
-    note "started: TUNNEL_SECRET=… ip netns exec $1 stage3-client 127.0.0.1:$APP_PORT $SERVER_IP"
+    # --pool 0: the plain steps, which the checks follow through the router (create_proxy, then
+    # the proxy connection dialled out); with the default pool, step 4 happens before the user.
+    start_with_secret client "$1" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP" --pool 0
+    note "started: TUNNEL_SECRET=… ip netns exec $1 stage3-client 127.0.0.1:$APP_PORT $SERVER_IP --pool 0"
     wait_for_log client '\[1\] registered' 10 || fail "the tunnel client on $1 did not register with the server"
     grep -E '\[1\] registered' "$STATE/client.log" | indent
 }
@@ -596,8 +598,8 @@ cmd_heartbeat() {
 
     heading "Run 1: heartbeats far apart (a ping every 90 s)."
     start_tunnel_server
-    start_with_secret client "$NS_LAPTOP" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP" --interval 90s --timeout 180s
-    note "started: stage3-client 127.0.0.1:$APP_PORT $SERVER_IP --interval 90s --timeout 180s"
+    start_with_secret client "$NS_LAPTOP" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP" --interval 90s --timeout 180s --pool 0
+    note "started: stage3-client 127.0.0.1:$APP_PORT $SERVER_IP --interval 90s --timeout 180s --pool 0"
     note "         stage3-server --host $SERVER_IP --timeout 300s --proxy-timeout 5s (never drops it itself)"
     wait_for_log client '\[1\] registered' 10 || fail "the client did not register"
     local registered=$SECONDS
@@ -638,8 +640,8 @@ cmd_heartbeat() {
 
     heading "Run 2: the default heartbeat (a ping every 5 s)."
     start_tunnel_server
-    start_with_secret client "$NS_LAPTOP" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP"
-    note "started: stage3-client 127.0.0.1:$APP_PORT $SERVER_IP"
+    start_with_secret client "$NS_LAPTOP" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP" --pool 0
+    note "started: stage3-client 127.0.0.1:$APP_PORT $SERVER_IP --pool 0"
     wait_for_log client '\[1\] registered' 10 || fail "the client did not register"
     local wait=$((IDLE_TIMEOUT + 5))
     note "waiting ${wait} s, longer than the router's idle timeout…"
@@ -734,9 +736,9 @@ cmd_class() {
     wait_for_log server 'class mode: clients on' 10 || fail "stage3-server did not start in class mode"
     note "started: TUNNEL_SECRET=… ip netns exec $NS_SERVER stage3-server --host $SERVER_IP --ports $CLASS_PORTS"
     for ((i = 1; i <= n; i++)); do
-        start_with_secret "client-s$i" "$(student_ns "$i")" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP" --name "student-$i"
+        start_with_secret "client-s$i" "$(student_ns "$i")" "$BIN/stage3-client" "127.0.0.1:$APP_PORT" "$SERVER_IP" --name "student-$i" --pool 0
     done
-    note "started, on each laptop i: TUNNEL_SECRET=… stage3-client 127.0.0.1:$APP_PORT $SERVER_IP --name student-i"
+    note "started, on each laptop i: TUNNEL_SECRET=… stage3-client 127.0.0.1:$APP_PORT $SERVER_IP --name student-i --pool 0"
     # What each student would tell the class: the public address the server gave their name.
     local ports=() line
     for ((i = 1; i <= n; i++)); do
