@@ -89,9 +89,10 @@ struct TunnelTests {
         let line = Array("proxy \(try client.nextRequest())\n".utf8)
         let proxy = try Connection.connect(to: tunnel.proxy)
         defer { proxy.close() }
-        // Half a line: the proxy port's accept loop finds no whole line, and leaves the
-        // connection to wait for the rest on a thread of its own (as on macOS, where a
-        // connection is accepted before its first bytes come).
+        // Half a line: if the proxy port's accept loop reads it before the rest comes, it finds
+        // no whole line, and leaves the connection to wait for the rest on a thread of its own
+        // (as on macOS, where a connection is accepted before its first bytes come). Either
+        // way, the user must be joined.
         try proxy.write(Array(line[..<10]))
         try proxy.write(Array(line[10...]) + Array("hello".utf8))
         #expect(try user.read(exactly: 5) == Array("hello".utf8))

@@ -46,10 +46,22 @@ package final class ProxyPool: Sendable {
     }
 
     /// Called on every heartbeat (a `ping`, every few seconds): gives up the ids the client has not
-    /// used within `maxAge`, so that their places are asked for again in time, whether or not a
-    /// user comes. Returns the ids to send as `fill_pool` lines.
+    /// used within `maxAge`, and the parked connections past their age or closed by the client
+    /// (which closes one it has kept twice that long), so that their places are asked for again in
+    /// time, whether or not a user comes. Returns the ids to send as `fill_pool` lines.
     func refresh() -> [ProxyID] {
-        state.withLock { newIDs(&$0, now: .now) }
+        let now = ContinuousClock.now
+        var discarded: [Connection] = []
+        let refill = state.withLock { state in
+            state.parked.removeAll { entry in
+                let stale = entry.since.duration(to: now) >= maxAge || entry.connection.isReadable
+                if stale { discarded.append(entry.connection) }
+                return stale
+            }
+            return newIDs(&state, now: now)
+        }
+        for connection in discarded { connection.close() }
+        return refill
     }
 
     /// A proxy connection named `id`: true if `id` was one of the pool's, which it no longer is.

@@ -60,6 +60,7 @@ public func runDemo(inspector: Inspector? = nil, repeatUntil again: StopSignal? 
     var settings = TunnelClientSettings(localApp: app.endpoint, control: listeners.control.endpoint,
                                         proxy: listeners.proxy.endpoint)
     settings.secret = secret
+    settings.pool = 0  // the plain steps, one log line each, in the same order every time
     let registered = DispatchSemaphore(value: 0)
     let client = try TunnelClient(settings) { event in
         say("client: \(event)")

@@ -46,6 +46,9 @@ final class PoolLoop: @unchecked Sendable {
         addresses.withLock { $0 = found }
     }
 
+    /// True once the addresses are looked up: until then the loop can open nothing.
+    var isReady: Bool { addresses.current != nil }
+
     /// Step 4 ahead of time: begins connecting the pooled proxy connection `id` (from any
     /// thread); or, for `create_proxy`, the proxy connection for `user`, counted already.
     func open(_ id: ProxyID, for user: Endpoint? = nil) throws {

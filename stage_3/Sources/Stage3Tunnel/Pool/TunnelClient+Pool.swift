@@ -56,7 +56,7 @@ extension TunnelClient {
     /// `create_proxy` with the pool on (a user came while the pool was empty): steps 4 and 5
     /// in the pool's loop as well, so that a burst of users starts no thread either.
     func serveUserInPoolLoop(_ user: Endpoint, id: ProxyID) {
-        guard let loop = poolLoop.current else { return serveUserOnItsThread(user, id: id) }  // no pool after all
+        guard let loop = poolLoop.current, loop.isReady else { return serveUserOnItsThread(user, id: id) }  // no pool
         guard countUser(user) else { return }
         do {
             try loop.open(id, for: user)
