@@ -239,13 +239,17 @@ struct TunnelTests {
     }
     @Test("a register its client gave up on, read late (the server was paused), does not replace the live client")
     func staleRegisterLoses() throws {
-        // The paused server, made deterministic: the first control connection's thread waits in
-        // `admit` until the test lets it go, while its lines wait in its socket.
+        // The paused server, made deterministic: the stale connection's thread waits in `admit`
+        // until the test lets it go, while its lines wait in its socket. (Told apart by address,
+        // not by coming first: the live connection's thread may reach `admit` first.)
         let gate = DispatchSemaphore(value: 0)
-        let first = Locked(true)
+        let staleKnown = DispatchSemaphore(value: 0)
+        let staleAddress = Locked<Endpoint?>(nil)
         let events = EventRecorder<TunnelServerEvent>()
-        let server = TunnelServer(admit: { _ in
-            if first.exchange(false) { gate.wait() }
+        let server = TunnelServer(admit: { reader in
+            staleKnown.wait()
+            staleKnown.signal()  // a turnstile: every connection waits only until the address is known
+            if reader.connection.peer == staleAddress.current { gate.wait() }
             return .admitted
         }, events: events.handler)
         let listeners = try TunnelListeners(host: "127.0.0.1", controlPort: 0, publicPort: 0, proxyPort: 0)
@@ -257,9 +261,10 @@ struct TunnelTests {
         }
         // The client's first connection: it registers, hears nothing, gives up and closes it.
         let stale = try Connection.connect(to: listeners.control.endpoint)
+        staleAddress.withLock { $0 = stale.local }
+        staleKnown.signal()
         try stale.write("register\n")
         #expect(events.wait { if case .controlOpened = $0 { true } else { false } })
-        let staleAddress = stale.local
         stale.close()
         // Its next connection registers and is live.
         let live = try Connection.connect(to: listeners.control.endpoint)
@@ -268,7 +273,7 @@ struct TunnelTests {
         #expect(try live.readLineForTest() == "registered")
         // The server goes on with the stale connection's queued `register`, then its end.
         gate.signal()
-        #expect(events.wait { if case let .controlClosed(client, _, _, _) = $0 { client == staleAddress } else { false } })
+        #expect(events.wait { if case let .controlClosed(client, _, _, _) = $0 { client == stale.local } else { false } })
         // The live client was not told it had been replaced: its next answer is a pong.
         try live.write("ping\n")
         #expect(try live.readLineForTest() == "pong")
