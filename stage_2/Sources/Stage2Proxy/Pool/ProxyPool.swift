@@ -53,11 +53,7 @@ package final class ProxyPool: Sendable {
         let now = ContinuousClock.now
         var discarded: [Connection] = []
         let refill = state.withLock { state in
-            state.parked.removeAll { entry in
-                let stale = entry.since.duration(to: now) >= maxAge || entry.connection.isReadable
-                if stale { discarded.append(entry.connection) }
-                return stale
-            }
+            throwOut(&state, into: &discarded) { $0.since.duration(to: now) >= maxAge || $0.connection.isReadable }
             return newIDs(&state, now: now)
         }
         for connection in discarded { connection.close() }
@@ -87,11 +83,7 @@ package final class ProxyPool: Sendable {
         var discarded: [Connection] = []
         let (proxy, refill) = state.withLock { state in
             // Past its age, a connection is thrown away (and so replaced) wherever it is parked.
-            state.parked.removeAll { entry in
-                let tooOld = entry.since.duration(to: now) >= maxAge
-                if tooOld { discarded.append(entry.connection) }
-                return tooOld
-            }
+            throwOut(&state, into: &discarded) { $0.since.duration(to: now) >= maxAge }
             // The newest first: the least likely to be stale. Readable means closed, since a
             // parked connection says nothing until it has a user (one `poll` each, so only the
             // ones we try are asked).
@@ -114,6 +106,17 @@ package final class ProxyPool: Sendable {
             return state.parked.map(\.connection)
         }
         for connection in parked { connection.close() }
+    }
+
+    /// Takes the parked connections `stale` picks out of the pool, into `discarded` (to be closed
+    /// outside the lock).
+    private func throwOut(_ state: inout State, into discarded: inout [Connection],
+                          where stale: ((connection: Connection, since: ContinuousClock.Instant)) -> Bool) {
+        state.parked.removeAll { entry in
+            let out = stale(entry)  // asked once: `isReadable` is a system call, and may change
+            if out { discarded.append(entry.connection) }
+            return out
+        }
     }
 
     /// New ids to bring the pool (parked + ids not yet used) back up to its size. An id the
